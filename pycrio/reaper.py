@@ -1,0 +1,129 @@
+"""Child reaping for a daemon that is a child subreaper.
+
+pycrio marks itself ``PR_SET_CHILD_SUBREAPER`` so that processes orphaned
+below it (conmon after it daemonizes, processes left by a killed exec) are
+re-parented to pycrio instead of to a PID 1 that may reap slowly. That means
+pycrio has children asyncio never started, and they must be reaped too.
+
+:class:`ReapingChildWatcher` replaces asyncio's child watcher: on SIGCHLD
+it reaps every exited child with ``waitpid(-1)``. Exits of processes asyncio
+is waiting for go to their callbacks; exits of unknown pids are kept for a
+short while, because a process started by asyncio can exit before asyncio
+registers it, and its status must not be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("pycrio.reaper")
+
+PR_SET_CHILD_SUBREAPER = 36
+_KEEP_UNCLAIMED = 4096
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return status
+
+
+class ReapingChildWatcher(asyncio.AbstractChildWatcher):
+    """Reap all children on SIGCHLD; dispatch exits of known pids."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._callbacks: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+        # pid -> (exit code, time) for exits nobody had claimed yet.
+        self._unclaimed: OrderedDict[int, tuple[int, float]] = OrderedDict()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.reaped_orphans = 0
+
+    # -- AbstractChildWatcher ---------------------------------------------
+    def attach_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        if self._loop is not None and loop is None:
+            self._loop.remove_signal_handler(signal.SIGCHLD)
+        self._loop = loop
+        if loop is not None:
+            loop.add_signal_handler(signal.SIGCHLD, self._reap_all)
+            # Children may have exited before the handler was installed.
+            self._reap_all()
+
+    def add_child_handler(  # type: ignore[override]
+        self, pid: int, callback: Callable[..., Any], *args: Any
+    ) -> None:
+        with self._lock:
+            done = self._unclaimed.pop(pid, None)
+            if done is None:
+                self._callbacks[pid] = (callback, args)
+        if done is not None:
+            callback(pid, done[0], *args)
+            return
+        # The child may already be a zombie (exited before we were told of it).
+        self._reap_all()
+
+    def remove_child_handler(self, pid: int) -> bool:
+        with self._lock:
+            return self._callbacks.pop(pid, None) is not None
+
+    def close(self) -> None:
+        self.attach_loop(None)
+
+    def is_active(self) -> bool:
+        return self._loop is not None
+
+    def __enter__(self) -> ReapingChildWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    # -- reaping ----------------------------------------------------------
+    def _reap_all(self) -> None:
+        # Bounded: there cannot be more zombies than children.
+        for _ in range(1 << 16):
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._dispatch(pid, _exit_code(status))
+
+    def _dispatch(self, pid: int, code: int) -> None:
+        with self._lock:
+            entry = self._callbacks.pop(pid, None)
+            if entry is None:
+                self._unclaimed[pid] = (code, time.monotonic())
+                while len(self._unclaimed) > _KEEP_UNCLAIMED:
+                    self._unclaimed.popitem(last=False)
+                self.reaped_orphans += 1
+        if entry is not None:
+            callback, args = entry
+            callback(pid, code, *args)
+
+
+def install(loop: asyncio.AbstractEventLoop) -> ReapingChildWatcher:
+    """Become a subreaper and route asyncio's child handling through us."""
+    become_subreaper()
+    watcher = ReapingChildWatcher()
+    watcher.attach_loop(loop)
+    asyncio.set_child_watcher(watcher)
+    return watcher
