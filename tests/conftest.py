@@ -28,3 +28,7 @@ def daemon(daemon_dir: Path) -> Iterator[PycrioDaemon]:
         yield d
     finally:
         d.stop()
+
+
+# Registries and test images (session-scoped where they are expensive).
+from tests.support.fixtures import *  # noqa: E402, F403
