@@ -102,10 +102,33 @@ class ReapingChildWatcher(asyncio.AbstractChildWatcher):
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             self._dispatch(pid, _exit_code(status))
+        self._find_reaped_elsewhere()
+
+    def _find_reaped_elsewhere(self) -> None:
+        """Dispatch registered children that someone else already reaped.
+
+        asyncio's ``Process.kill()`` polls its ``Popen`` first, and that poll
+        reaps a child that has just exited; its status then never reaches
+        ``waitpid(-1)``. Without this the process's ``wait()`` never returns.
+        """
+        with self._lock:
+            pids = list(self._callbacks)
+        for pid in pids:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                with self._lock:
+                    entry = self._callbacks.pop(pid, None)
+                if entry is not None:
+                    callback, args = entry
+                    callback(pid, _code_known_to(args), *args)
+                continue
+            if done:
+                self._dispatch(pid, _exit_code(status))
 
     def _dispatch(self, pid: int, code: int) -> None:
         with self._lock:
@@ -118,6 +141,13 @@ class ReapingChildWatcher(asyncio.AbstractChildWatcher):
         if entry is not None:
             callback, args = entry
             callback(pid, code, *args)
+
+
+def _code_known_to(args: tuple[Any, ...]) -> int:
+    """The exit code a subprocess transport's Popen recorded when it reaped the child."""
+    popen = getattr(args[0], "_proc", None) if args else None
+    code = getattr(popen, "returncode", None)
+    return code if isinstance(code, int) else 255
 
 
 def install(loop: asyncio.AbstractEventLoop) -> ReapingChildWatcher:
