@@ -128,8 +128,15 @@ class Config:
     # Capabilities a container gets unless it adds or drops some.
     default_capabilities: list[str] = field(
         default_factory=lambda: [
-            "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "SETGID", "SETUID", "SETPCAP",
-            "NET_BIND_SERVICE", "KILL",
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "FSETID",
+            "FOWNER",
+            "SETGID",
+            "SETUID",
+            "SETPCAP",
+            "NET_BIND_SERVICE",
+            "KILL",
         ]
     )
     # Default pids.max per container; 0: no limit.

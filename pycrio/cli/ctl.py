@@ -22,7 +22,9 @@ VERB_MODULES = [ctl_info]
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pycrioctl", description="Client for CRI runtimes (pycrio by default)")
     p.add_argument(
-        "-r", "--runtime-endpoint", default=None,
+        "-r",
+        "--runtime-endpoint",
+        default=None,
         help="CRI socket (default $CONTAINER_RUNTIME_ENDPOINT or unix:///run/pycrio/pycrio.sock)",
     )
     p.add_argument(

@@ -160,7 +160,7 @@ class OCIRuntime:
         cgroup_parent: str | None = None,
         cgroup_manager: str = "cgroupfs",
         log_size_max: int | None = None,
-        timeout: float = 240.0,  # noqa: ASYNC109 - the caller's RPC deadline, enforced inside
+        timeout: float = 240.0,
     ) -> CreateResult:
         """Create the container (runtime ``create`` under conmon); it is not started.
 
@@ -427,7 +427,7 @@ class OCIRuntime:
         cid: str,
         handler: RuntimeHandlerSpec,
         cmd: list[str],
-        timeout: float,  # noqa: ASYNC109 - CRI's ExecSync timeout, handed to conmon -T
+        timeout: float,
         process_spec_base: dict[str, Any],
         *,
         tty: bool = False,
@@ -481,7 +481,7 @@ class OCIRuntime:
         self._check_running(cid)
         ctl.write_ctl(Path(rec["bundle"]), cid, ctl.ctl_line(ctl.RESIZE, height, width))
 
-    async def reopen_log(self, cid: str, timeout: float = REOPEN_TIMEOUT) -> None:  # noqa: ASYNC109
+    async def reopen_log(self, cid: str, timeout: float = REOPEN_TIMEOUT) -> None:
         """Make conmon reopen the log file (``2 0 0``); return once the new file exists."""
         _check_id(cid)
         rec = self._record(cid)
@@ -509,7 +509,7 @@ class OCIRuntime:
         """Exit code (conmon's ``exit`` file), finish time (its mtime), OOM (``oom`` file or cgroup)."""
         return monitor.read_exit(self.files(cid))
 
-    async def wait_exit(self, cid: str, timeout: float) -> ExitInfo:  # noqa: ASYNC109
+    async def wait_exit(self, cid: str, timeout: float) -> ExitInfo:
         """Wait for the container to exit; DeadlineExceeded after ``timeout`` s.
 
         Woken by the exit watcher (and by conmon's own death), not by polling.

@@ -64,9 +64,7 @@ def _unary(
         finally:
             elapsed = time.monotonic() - start
             if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "request", extra=kv(method=name, code=code.name, ms=round(elapsed * 1000, 3))
-                )
+                log.debug("request", extra=kv(method=name, code=code.name, ms=round(elapsed * 1000, 3)))
             if observe is not None:
                 observe(name, code, elapsed)
         await context.abort(code, message)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from pycrio import __version__
 from pycrio.api import api_pb2 as pb
+from pycrio.server.containers import ContainerHandlers
+from pycrio.server.pods import PodHandlers
 
 if TYPE_CHECKING:
     from pycrio.daemon import Daemon
@@ -21,7 +23,7 @@ RUNTIME_API_VERSION = "v1"
 KUBE_API_VERSION = "0.1.0"
 
 
-class RuntimeServicer:
+class RuntimeServicer(PodHandlers, ContainerHandlers):
     """CRI RuntimeService."""
 
     def __init__(self, daemon: Daemon) -> None:
@@ -45,9 +47,7 @@ class RuntimeServicer:
         resp = pb.StatusResponse(
             status=pb.RuntimeStatus(
                 conditions=[
-                    pb.RuntimeCondition(
-                        type="RuntimeReady", status=rt_ok, reason=rt_reason, message=rt_msg
-                    ),
+                    pb.RuntimeCondition(type="RuntimeReady", status=rt_ok, reason=rt_reason, message=rt_msg),
                     pb.RuntimeCondition(
                         type="NetworkReady", status=net_ok, reason=net_reason, message=net_msg
                     ),

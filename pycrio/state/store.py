@@ -44,9 +44,7 @@ class MetadataStore:
         # One connection shared by the event loop and executor threads;
         # the lock serialises access (SQLite would anyway).
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
-            str(path), isolation_level=None, check_same_thread=False, timeout=30.0
-        )
+        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
         self._conn.row_factory = sqlite3.Row
         self._depth = 0
         with self._lock:

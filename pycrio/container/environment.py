@@ -1,0 +1,179 @@
+"""What the container manager needs from the rest of pycrio, in one place.
+
+The container lifecycle touches images (to resolve the reference), storage
+(the overlay root filesystem), spec generation and the OCI runtime driver.
+This adapter keeps those calls out of the lifecycle code, and holds the
+per-handler facts that are computed once (spec options, runtime features).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from pycrio.api import api_pb2 as pb
+from pycrio.config import Config
+from pycrio.errors import InvalidArgument, NotFound
+from pycrio.log import kv
+from pycrio.oci.runtime import OCIRuntime, RuntimeHandlerSpec
+from pycrio.oci.spec import SandboxInfo, SpecOptions, build_spec_async
+from pycrio.oci.spec_host import RuntimeFeatures, options_from_host, runtime_features
+from pycrio.oci.spec_resources import apply_resource_update, update_resources
+from pycrio.sandbox.manager import Pod
+from pycrio.state.records import ContainerRecord
+from pycrio.storage.images import ImageRecord, ImageStore
+from pycrio.storage.rootfs import RootfsStore
+
+log = logging.getLogger("pycrio.container")
+
+
+class ContainerEnvironment:
+    """Images, root filesystems, spec options and the OCI runtime, for containers."""
+
+    def __init__(self, cfg: Config, images: ImageStore, rootfs: RootfsStore, runtime: OCIRuntime) -> None:
+        self.config = cfg
+        self.images = images
+        self.rootfs = rootfs
+        self.runtime = runtime
+        self.features: dict[str, RuntimeFeatures] = {}
+        self._options: dict[str, SpecOptions] = {}
+
+    async def probe_handlers(self) -> None:
+        """Ask each configured runtime what it supports (``runc features``)."""
+        for name, handler in self.config.runtimes.items():
+            try:
+                self.features[name] = await runtime_features(handler.path)
+            except Exception as exc:
+                log.warning("cannot query runtime features", extra=kv(handler=name, error=exc))
+                self.features[name] = RuntimeFeatures()
+        self._options.clear()
+
+    def handler(self, name: str) -> RuntimeHandlerSpec:
+        handler = self.config.runtimes.get(name)
+        if handler is None:
+            raise InvalidArgument(f"runtime handler {name!r} is not configured")
+        return RuntimeHandlerSpec(name=name, path=handler.path, root=self.config.runtime_root(name))
+
+    def spec_options(self, handler: str) -> SpecOptions:
+        opts = self._options.get(handler)
+        if opts is None:
+            cfg = self.config
+            opts = options_from_host(
+                default_capabilities=cfg.default_capabilities,
+                seccomp_profile=cfg.seccomp_profile,
+                cgroup_manager=cfg.cgroup_manager,  # type: ignore[arg-type]
+                pids_limit=cfg.pids_limit,
+                features=self.features.get(handler),
+            )
+            self._options[handler] = opts
+        return opts
+
+    def config_reloaded(self) -> None:
+        self._options.clear()
+
+    # -- images and root filesystems -------------------------------------------------
+    def resolve_image(self, ref: str) -> ImageRecord:
+        image = self.images.resolve(ref)
+        if image is None:
+            raise NotFound(f"image {ref!r} not found: pull it first")
+        return image
+
+    async def mount_rootfs(self, container_id: str, image_id: str) -> Path:
+        self.rootfs.create(container_id, image_id)
+        return await self.rootfs.mount(container_id)
+
+    async def remove_rootfs(self, container_id: str) -> None:
+        await self.rootfs.remove(container_id)
+
+    # -- spec -------------------------------------------------------------------------
+    async def build_spec(
+        self, cid: str, cfg: pb.ContainerConfig, pod: Pod, image: ImageRecord, rootfs: str, bundle: Path
+    ) -> tuple[dict[str, Any], tuple[int, int, list[int]], list[dict[str, Any]]]:
+        rec = pod.record
+        sc = pod.config.linux.security_context
+        sandbox = SandboxInfo(
+            pod_id=pod.id,
+            hostname=rec.hostname,
+            netns_path=rec.netns or None,
+            ipcns_path=rec.ipcns or None,
+            utsns_path=rec.utsns or None,
+            pidns_path=rec.pidns or None,
+            pid_mode=rec.pid_mode,  # type: ignore[arg-type]
+            hosts_path=str(Path(rec.dir) / "hosts"),
+            resolv_path=str(Path(rec.dir) / "resolv.conf"),
+            hostname_path=str(Path(rec.dir) / "hostname"),
+            shm_path=None if rec.host_ipc else str(Path(rec.dir) / "shm"),
+            cgroup_parent=rec.cgroup_parent,
+            privileged=sc.privileged,
+            sysctls=dict(pod.config.linux.sysctls),
+            pod_name=pod.config.metadata.name,
+            pod_namespace=pod.config.metadata.namespace,
+            pod_uid=pod.config.metadata.uid,
+        )
+        result = await build_spec_async(
+            cid,
+            cfg,
+            sandbox,
+            image.config,
+            rootfs,
+            options=self.spec_options(rec.runtime_handler),
+        )
+        for warning in result.warnings:
+            log.info("spec adjusted", extra=kv(container=cid, note=warning))
+        user = result.user
+        mounts = [dataclasses.asdict(m) for m in result.mounts]
+        return result.spec, (user.uid, user.gid, list(user.additional_gids)), mounts
+
+    def stop_signal(self, rec: ContainerRecord) -> int:
+        image = self.images.get(rec.image_id)
+        name = ""
+        if image is not None:
+            inner = image.config.get("config") or {}
+            name = str(inner.get("StopSignal") or "")
+        return parse_signal(name) or signal.SIGTERM
+
+    async def update_resources(self, rec: ContainerRecord, resources: pb.LinuxContainerResources) -> None:
+        """Apply new limits with ``runc update`` and keep them in the bundle's config.json."""
+        path = Path(rec.bundle) / "config.json"
+        spec = json.loads(path.read_text())
+        update = update_resources(spec, resources, options=self.spec_options(rec.runtime_handler))
+        await self.runtime.update(rec.id, self.handler(rec.runtime_handler), update)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(apply_resource_update(spec, update)))
+        tmp.replace(path)
+
+    # -- runtime ---------------------------------------------------------------------------
+    async def runtime_create(self, rec: ContainerRecord, cfg: pb.ContainerConfig, pod: Pod) -> int:
+        result = await self.runtime.create(
+            rec.id,
+            self.handler(rec.runtime_handler),
+            Path(rec.bundle),
+            rec.log_path,
+            tty=cfg.tty,
+            stdin=cfg.stdin,
+            stdin_once=cfg.stdin_once,
+            cgroup_parent=pod.record.cgroup_parent,
+            cgroup_manager=self.config.cgroup_manager,
+            log_size_max=self.config.log_size_max,
+            timeout=60.0,
+        )
+        return int(result.pid)
+
+
+def parse_signal(name: str) -> int:
+    """``SIGQUIT``, ``QUIT`` or ``3`` to a signal number; 0 when unknown."""
+    name = name.strip().upper()
+    if not name:
+        return 0
+    if name.isdigit():
+        return int(name)
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        return 0
