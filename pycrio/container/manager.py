@@ -30,6 +30,7 @@ from pycrio.log import kv
 from pycrio.oci.runtime import ExecResult
 from pycrio.sandbox.manager import Pod, PodManager, encode_config
 from pycrio.state.creations import Creations
+from pycrio.state.faults import crash_point
 from pycrio.state.journal import UndoRegistry
 from pycrio.state.records import (
     CTR_CREATED,
@@ -196,6 +197,7 @@ class ContainerManager:
                 self._effect(rec, "oci", id=cid, handler=rec.runtime_handler)
                 result = await self.env.runtime_create(rec, cfg, pod)
                 rec.pid = result
+                crash_point("container:before:created")
                 rec.state = CTR_CREATED
                 self.records.save_container(rec)
         except BaseException as exc:
@@ -207,8 +209,10 @@ class ContainerManager:
         return cid
 
     def _effect(self, rec: ContainerRecord, kind: str, **data: Any) -> None:
+        crash_point(f"container:before:{kind}")
         rec.journal.append(Effect(kind, data))
         self.records.save_container(rec)
+        crash_point(f"container:noted:{kind}")
 
     async def _discard(self, ctr: Container) -> None:
         rec = ctr.record

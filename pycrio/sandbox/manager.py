@@ -30,6 +30,7 @@ from pycrio.network.manager import NetworkManager
 from pycrio.network.types import DNSSettings, PortMapping, bandwidth_from_annotations
 from pycrio.sandbox import files, namespaces, pause
 from pycrio.state.creations import Creations
+from pycrio.state.faults import crash_point
 from pycrio.state.journal import UndoRegistry
 from pycrio.state.records import (
     POD_CREATING,
@@ -253,6 +254,7 @@ class PodManager:
                 )
                 rec.ips = list(result.ips)
                 files.write_hosts(pod_dir, hostname, rec.ips, host_net)
+            crash_point("pod:before:ready")
             rec.state = POD_READY
             self.records.save_pod(rec)
         except BaseException as exc:
@@ -265,8 +267,12 @@ class PodManager:
 
     def _effect(self, rec: PodRecord, kind: str, **data: Any) -> None:
         """Write an effect down (and the record to disk) before making it."""
+        # A crash right after the previous effect was made, before this one is written down.
+        crash_point(f"pod:before:{kind}")
         rec.journal.append(Effect(kind, data))
         self.records.save_pod(rec)
+        # A crash after the effect is written down, before it is made.
+        crash_point(f"pod:noted:{kind}")
 
     async def _discard(self, pod: Pod) -> None:
         """Undo everything of a pod and forget it."""
