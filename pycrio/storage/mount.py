@@ -1,0 +1,235 @@
+"""Overlay mounts through ctypes: mount(2), the new mount API, or a helper child.
+
+mount(2) copies at most one page of options, so an image with many layers
+does not fit as absolute lowerdir paths. Three ways, cheapest first:
+
+1. the option string fits: ``mount(2)`` directly (no fork);
+2. otherwise the new mount API: ``fsopen("overlay")`` and one
+   ``fsconfig("lowerdir+", path)`` per layer (Linux 6.8+), no length limit;
+3. otherwise a short-lived helper process whose working directory is
+   ``overlay/l`` mounts with the short relative link names (as
+   containers/storage does). The daemon itself never changes directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import os
+import resource
+import sys
+from pathlib import Path
+
+from pycrio.errors import Internal
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long
+
+MS_RDONLY = 1
+MNT_DETACH = 2
+PAGE_SIZE = resource.getpagesize()
+
+# New mount API (syscall numbers are the same on every architecture for these).
+_SYS_MOVE_MOUNT = 429
+_SYS_FSOPEN = 430
+_SYS_FSCONFIG = 431
+_SYS_FSMOUNT = 432
+_FSOPEN_CLOEXEC = 1
+_FSCONFIG_SET_STRING = 1
+_FSCONFIG_CMD_CREATE = 6
+_FSMOUNT_CLOEXEC = 1
+_MOUNT_ATTR_RDONLY = 1
+_MOVE_MOUNT_F_EMPTY_PATH = 4
+_AT_FDCWD = -100
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    _check(_libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode()),
+           f"mount {fstype} on {target}")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+def is_mountpoint(path: Path) -> bool:
+    try:
+        return os.path.ismount(path)
+    except OSError:
+        return False
+
+
+def unmount(target: Path) -> None:
+    """Unmount if mounted (lazily when busy); no error when it is not a mount point."""
+    for _ in range(8):  # stacked mounts: peel them all
+        if not is_mountpoint(target):
+            return
+        try:
+            umount(str(target))
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ENOENT):
+                return
+            if e.errno != errno.EBUSY:
+                raise
+            umount(str(target), MNT_DETACH)
+
+
+def overlay_data(lowers: list[str], upper: str | None, work: str | None, extra: list[str]) -> str:
+    parts = ["lowerdir=" + ":".join(lowers)]
+    if upper is not None and work is not None:
+        parts += [f"upperdir={upper}", f"workdir={work}"]
+    return ",".join(parts + extra)
+
+
+def _extra_options() -> list[str]:
+    # index=on would tie lower layers to one upper: shared layers need it off.
+    return ["index=off"] if os.path.exists("/sys/module/overlay/parameters/index") else []
+
+
+def _fsconfig(fd: int, key: str, value: str | None) -> None:
+    _check(_libc.syscall(_SYS_FSCONFIG, fd, _FSCONFIG_SET_STRING, key.encode(),
+                         value.encode() if value is not None else None, 0), f"fsconfig {key}")
+
+
+def _fs_log(fd: int) -> str:
+    """Messages the kernel left in the filesystem context (why a mount failed)."""
+    msgs = []
+    for _ in range(16):
+        try:
+            data = os.read(fd, 1024)
+        except OSError:
+            break
+        if not data:
+            break
+        msgs.append(data.decode(errors="replace").strip())
+    return "; ".join(msgs)
+
+
+class NewMountAPIUnavailable(Exception):
+    """fsopen is missing or forbidden, or overlay does not know "lowerdir+" (before 6.8)."""
+
+
+def mount_overlay_new_api(target: Path, lowers: list[Path], upper: Path | None, work: Path | None,
+                          readonly: bool, extra: list[str]) -> None:
+    """Mount with fsopen/fsconfig("lowerdir+") (Linux 6.8+): no option-length limit."""
+    try:
+        fs_fd = _check(_libc.syscall(_SYS_FSOPEN, b"overlay", _FSOPEN_CLOEXEC), "fsopen overlay")
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.EPERM):
+            raise NewMountAPIUnavailable(str(e))
+        raise
+    try:
+        try:
+            try:
+                _fsconfig(fs_fd, "lowerdir+", str(lowers[0]))
+            except OSError as e:
+                if e.errno == errno.EINVAL:
+                    raise NewMountAPIUnavailable(f"{e} ({_fs_log(fs_fd)})")
+                raise
+            for lower in lowers[1:]:
+                _fsconfig(fs_fd, "lowerdir+", str(lower))
+            if upper is not None and work is not None:
+                _fsconfig(fs_fd, "upperdir", str(upper))
+                _fsconfig(fs_fd, "workdir", str(work))
+            for opt in extra:
+                key, _, value = opt.partition("=")
+                _fsconfig(fs_fd, key, value or None)
+            _check(_libc.syscall(_SYS_FSCONFIG, fs_fd, _FSCONFIG_CMD_CREATE, None, None, 0),
+                   "fsconfig create")
+        except OSError as e:
+            log = _fs_log(fs_fd)
+            raise OSError(e.errno, f"{e.strerror}{' (' + log + ')' if log else ''}")
+        mnt_fd = _check(_libc.syscall(_SYS_FSMOUNT, fs_fd, _FSMOUNT_CLOEXEC,
+                                      _MOUNT_ATTR_RDONLY if readonly else 0), "fsmount")
+        try:
+            _check(_libc.syscall(_SYS_MOVE_MOUNT, mnt_fd, b"", _AT_FDCWD, str(target).encode(),
+                                 _MOVE_MOUNT_F_EMPTY_PATH), f"move_mount to {target}")
+        finally:
+            os.close(mnt_fd)
+    finally:
+        os.close(fs_fd)
+
+
+_CHILD = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+target, data, flags = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if libc.mount(b"overlay", target.encode(), b"overlay", ctypes.c_ulong(flags), data.encode()) != 0:
+    err = ctypes.get_errno()
+    sys.stderr.write(os.strerror(err))
+    sys.exit(err or 1)
+"""
+
+
+async def mount_overlay_in_child(target: Path, link_dir: Path, names: list[str], upper: Path | None,
+                                 work: Path | None, readonly: bool, extra: list[str]) -> None:
+    """mount(2) from a helper whose cwd is ``link_dir``, so lowerdirs are bare link names."""
+    data = overlay_data(names, str(upper) if upper else None, str(work) if work else None, extra)
+    if len(data.encode()) >= PAGE_SIZE:
+        raise Internal(f"overlay options for {target} exceed a page even with relative layer names "
+                       f"({len(names)} layers)")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-I", "-S", "-c", _CHILD, str(target), data, str(MS_RDONLY if readonly else 0),
+        cwd=str(link_dir), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await proc.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        msg = err.decode(errors="replace")
+        raise OSError(proc.returncode or errno.EIO, f"mount overlay on {target}: {msg}")
+
+
+_new_api_works: bool | None = None
+
+
+async def mount_overlay(target: Path, link_dir: Path, names: list[str], upper: Path | None, work: Path | None,
+                        *, readonly: bool = False, empty_dir: Path | None = None,
+                        force: str | None = None) -> str:
+    """Mount an overlay at ``target``; ``names`` are link names in ``link_dir``, top layer first.
+
+    Returns the method used ("mount", "fsconfig" or "child"); ``force`` picks one (tests)."""
+    global _new_api_works
+    names = list(names)
+    lowers = [link_dir / n for n in names]
+    if empty_dir is not None and (not names or (upper is None and len(names) < 2)):
+        # An image without layers, or a read-only mount of one layer (overlay needs two lowers).
+        lowers.append(empty_dir)
+        names.append(os.path.relpath(empty_dir, link_dir))
+    extra = _extra_options()
+    flags = MS_RDONLY if readonly else 0
+    data = overlay_data([str(p) for p in lowers], str(upper) if upper else None,
+                        str(work) if work else None, extra)
+    method = force or ("mount" if len(data.encode()) < PAGE_SIZE else "fsconfig")
+    if method == "fsconfig" and _new_api_works is False and force is None:
+        method = "child"
+    if method == "mount":
+        await asyncio.to_thread(mount, "overlay", str(target), "overlay", flags, data)
+        return method
+    if method == "fsconfig":
+        try:
+            await asyncio.to_thread(mount_overlay_new_api, target, lowers, upper, work, readonly, extra)
+            _new_api_works = True
+            return method
+        except NewMountAPIUnavailable:
+            if force is not None:
+                raise
+            _new_api_works = False
+    await mount_overlay_in_child(target, link_dir, names, upper, work, readonly, extra)
+    return "child"
