@@ -67,7 +67,7 @@ class Core:
             log_level=cfg.log_level,
             log_size_max_getter=lambda: self.config.log_size_max,
         )
-        self.env = ContainerEnvironment(cfg, self.image_store, self.rootfs, self.runtime)
+        self.env = ContainerEnvironment(cfg, self.images, self.rootfs, self.runtime)
         self.pods = PodManager(cfg, self.records, self.undo, self.network)
         self.containers = ContainerManager(cfg, self.records, self.undo, self.pods, self.env)
         s = cfg.streaming

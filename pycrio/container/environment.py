@@ -18,6 +18,7 @@ from typing import Any
 from pycrio.api import api_pb2 as pb
 from pycrio.config import Config
 from pycrio.errors import InvalidArgument, NotFound
+from pycrio.image.service import ImageService
 from pycrio.log import kv
 from pycrio.oci.runtime import OCIRuntime, RuntimeHandlerSpec
 from pycrio.oci.spec import SandboxInfo, SpecOptions, build_spec_async
@@ -25,7 +26,7 @@ from pycrio.oci.spec_host import RuntimeFeatures, options_from_host, runtime_fea
 from pycrio.oci.spec_resources import apply_resource_update, update_resources
 from pycrio.sandbox.manager import Pod
 from pycrio.state.records import ContainerRecord
-from pycrio.storage.images import ImageRecord, ImageStore
+from pycrio.storage.images import ImageRecord
 from pycrio.storage.rootfs import RootfsStore
 
 log = logging.getLogger("pycrio.container")
@@ -34,7 +35,7 @@ log = logging.getLogger("pycrio.container")
 class ContainerEnvironment:
     """Images, root filesystems, spec options and the OCI runtime, for containers."""
 
-    def __init__(self, cfg: Config, images: ImageStore, rootfs: RootfsStore, runtime: OCIRuntime) -> None:
+    def __init__(self, cfg: Config, images: ImageService, rootfs: RootfsStore, runtime: OCIRuntime) -> None:
         self.config = cfg
         self.images = images
         self.rootfs = rootfs
@@ -77,10 +78,20 @@ class ContainerEnvironment:
 
     # -- images and root filesystems -------------------------------------------------
     def resolve_image(self, ref: str) -> ImageRecord:
-        image = self.images.resolve(ref)
+        """The stored image a reference (name, tag, digest or id) names."""
+        image = self.images.status(ref)
         if image is None:
             raise NotFound(f"image {ref!r} not found: pull it first")
         return image
+
+    async def mount_image_volume(self, container_id: str, ref: str, target: Path) -> ImageRecord:
+        """Mount an image read-only at ``target`` for a CRI image volume."""
+        image = self.resolve_image(ref)
+        await self.rootfs.mount_image_readonly(image.id, target, owner=container_id)
+        return image
+
+    async def unmount_image_volume(self, target: str) -> None:
+        await self.rootfs.unmount_image_readonly(Path(target))
 
     async def mount_rootfs(self, container_id: str, image_id: str) -> Path:
         self.rootfs.create(container_id, image_id)
@@ -91,8 +102,18 @@ class ContainerEnvironment:
 
     # -- spec -------------------------------------------------------------------------
     async def build_spec(
-        self, cid: str, cfg: pb.ContainerConfig, pod: Pod, image: ImageRecord, rootfs: str, bundle: Path
+        self,
+        cid: str,
+        cfg: pb.ContainerConfig,
+        pod: Pod,
+        image: ImageRecord,
+        rootfs: str,
+        image_volumes: dict[str, tuple[str, str]],
     ) -> tuple[dict[str, Any], tuple[int, int, list[int]], list[dict[str, Any]]]:
+        """The OCI spec, the effective (uid, gid, groups) and the mounts for ContainerStatus.
+
+        ``image_volumes`` maps a container path to (mounted image root, image id).
+        """
         rec = pod.record
         sc = pod.config.linux.security_context
         sandbox = SandboxInfo(
@@ -121,15 +142,20 @@ class ContainerEnvironment:
             image.config,
             rootfs,
             options=self.spec_options(rec.runtime_handler),
+            image_volumes={dest: root for dest, (root, _) in image_volumes.items()},
         )
         for warning in result.warnings:
             log.info("spec adjusted", extra=kv(container=cid, note=warning))
         user = result.user
         mounts = [dataclasses.asdict(m) for m in result.mounts]
+        for m in mounts:
+            volume = image_volumes.get(m["container_path"])
+            if volume is not None:
+                m["image_ref"] = volume[1]
         return result.spec, (user.uid, user.gid, list(user.additional_gids)), mounts
 
     def stop_signal(self, rec: ContainerRecord) -> int:
-        image = self.images.get(rec.image_id)
+        image = self.images.images.get(rec.image_id)
         name = ""
         if image is not None:
             inner = image.config.get("config") or {}

@@ -28,6 +28,7 @@ from pycrio.container.environment import ContainerEnvironment
 from pycrio.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from pycrio.log import kv
 from pycrio.oci.runtime import ExecResult
+from pycrio.oci.spec_mounts import container_destination as mount_dest
 from pycrio.sandbox.manager import Pod, PodManager, encode_config
 from pycrio.state.creations import Creations
 from pycrio.state.faults import crash_point
@@ -100,6 +101,7 @@ class ContainerManager:
         undo.register("ctr-dir", self._undo_dir)
         undo.register("rootfs", self._undo_rootfs)
         undo.register("oci", self._undo_oci)
+        undo.register("image-volume", self._undo_image_volume)
         env.runtime.on_exit(self._exit_seen)
 
     # -- lookup ------------------------------------------------------------------
@@ -162,9 +164,11 @@ class ContainerManager:
         image = self.env.resolve_image(cfg.image.image)
         cid = secrets.token_hex(32)
         bundle = self.dir / cid
-        log_path = ""
         if pod.config.log_directory and cfg.log_path:
             log_path = os.path.join(pod.config.log_directory, cfg.log_path)
+        else:
+            # conmon always needs a log; without a kubelet-given path it stays with the pod.
+            log_path = os.path.join(pod.record.dir, "logs", f"{cid}.log")
         rec = ContainerRecord(
             id=cid,
             pod_id=pod.id,
@@ -189,7 +193,8 @@ class ContainerManager:
                 bundle.mkdir(parents=True, mode=0o700)
                 self._effect(rec, "rootfs", id=cid)
                 rootfs = await self.env.mount_rootfs(cid, image.id)
-                spec, user, rec.mounts = await self.env.build_spec(cid, cfg, pod, image, str(rootfs), bundle)
+                volumes = await self._mount_image_volumes(rec, cfg, bundle)
+                spec, user, rec.mounts = await self.env.build_spec(cid, cfg, pod, image, str(rootfs), volumes)
                 rec.uid, rec.gid, rec.supplemental_groups = user
                 (bundle / "config.json").write_text(json.dumps(spec))
                 if log_path:
@@ -207,6 +212,20 @@ class ContainerManager:
         log.info("container created", extra=kv(container=cid, pod=pod.id, name=cfg.metadata.name))
         self._changed(ctr, "created")
         return cid
+
+    async def _mount_image_volumes(
+        self, rec: ContainerRecord, cfg: pb.ContainerConfig, bundle: Path
+    ) -> dict[str, tuple[str, str]]:
+        """Mount each image named by a CRI mount read-only under the bundle."""
+        volumes: dict[str, tuple[str, str]] = {}
+        for i, m in enumerate(cfg.mounts):
+            if not (m.HasField("image") and m.image.image):
+                continue
+            target = bundle / "image-volumes" / str(i)
+            self._effect(rec, "image-volume", target=str(target))
+            image = await self.env.mount_image_volume(rec.id, m.image.image, target)
+            volumes[mount_dest(m.container_path)] = (str(target), image.id)
+        return volumes
 
     def _effect(self, rec: ContainerRecord, kind: str, **data: Any) -> None:
         crash_point(f"container:before:{kind}")
@@ -381,6 +400,9 @@ class ContainerManager:
 
     async def _undo_rootfs(self, data: dict[str, Any]) -> None:
         await self.env.remove_rootfs(data["id"])
+
+    async def _undo_image_volume(self, data: dict[str, Any]) -> None:
+        await self.env.unmount_image_volume(data["target"])
 
     async def _undo_oci(self, data: dict[str, Any]) -> None:
         await self.env.runtime.delete(data["id"], self.env.handler(data["handler"]), force=True)

@@ -152,7 +152,7 @@ class CRIMounts:
     rootfs_propagation: str | None
 
 
-def _dest(path: str) -> str:
+def container_destination(path: str) -> str:
     if not path.startswith("/"):
         raise InvalidArgument(f"mount container_path {path!r} must be an absolute path")
     return posixpath.normpath(path)
@@ -218,7 +218,7 @@ def cri_mounts(
     out: list[tuple[dict[str, Any], ResolvedMount]] = []
     rootfs_prop: str | None = None
     for m in mounts:
-        dest = _dest(m.container_path)
+        dest = container_destination(m.container_path)
         if dest in seen:
             raise InvalidArgument(f"two mounts have the same container_path {dest}")
         seen.add(dest)

@@ -31,11 +31,12 @@ def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
-def pod_hostname(requested: str, pod_name: str, host_network: bool) -> str:
-    """The hostname a pod gets: the host's with host networking, else the requested one."""
+def pod_hostname(requested: str, pod_id: str, host_network: bool) -> str:
+    """The hostname a pod gets: the host's with host networking, else the requested one,
+    else the first 12 characters of its id (as CRI-O does)."""
     if host_network:
         return socket.gethostname()
-    name = requested or pod_name
+    name = requested or pod_id[:12]
     if len(name) > 64:
         raise InvalidArgument(f"hostname {name!r} is longer than 64 characters")
     return name

@@ -175,7 +175,7 @@ class PodManager:
         host_net, host_ipc = opts.network == pb.NODE, opts.ipc == pb.NODE
         pid_mode = {pb.NODE: "host", pb.CONTAINER: "container"}.get(opts.pid, "pod")
         pod_dir = self.pods_dir / pod_id
-        hostname = files.pod_hostname(config.hostname, config.metadata.name, host_net)
+        hostname = files.pod_hostname(config.hostname, pod_id, host_net)
         kinds = [k for k, own in (("net", not host_net), ("ipc", not host_ipc), ("uts", not host_net)) if own]
         sysctls = namespaces.validate_sysctls(dict(config.linux.sysctls), kinds)
         rec = PodRecord(

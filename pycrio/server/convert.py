@@ -82,13 +82,23 @@ def container_state(ctr: Container) -> int:
     return _CTR_STATES.get(ctr.state, pb.CONTAINER_UNKNOWN)
 
 
+def _image_spec(ctr: Container) -> pb.ImageSpec:
+    spec = ctr.config.image
+    return pb.ImageSpec(
+        image=ctr.record.image_ref,
+        annotations=spec.annotations,
+        user_specified_image=spec.user_specified_image,
+        runtime_handler=spec.runtime_handler,
+    )
+
+
 def container_summary(ctr: Container) -> pb.Container:
     rec, cfg = ctr.record, ctr.config
     return pb.Container(
         id=ctr.id,
         pod_sandbox_id=rec.pod_id,
         metadata=cfg.metadata,
-        image=pb.ImageSpec(image=rec.image_ref, annotations=cfg.image.annotations),
+        image=_image_spec(ctr),
         image_ref=rec.image_id,
         image_id=rec.image_id,
         state=container_state(ctr),  # type: ignore[arg-type]
@@ -108,7 +118,7 @@ def container_status(ctr: Container) -> pb.ContainerStatus:
         started_at=rec.started_ns if rec.state in (CTR_RUNNING, CTR_EXITED) else 0,
         finished_at=rec.finished_ns if rec.state == CTR_EXITED else 0,
         exit_code=rec.exit_code if rec.state == CTR_EXITED else 0,
-        image=pb.ImageSpec(image=rec.image_ref, annotations=cfg.image.annotations),
+        image=_image_spec(ctr),
         image_ref=rec.image_id,
         image_id=rec.image_id,
         reason=rec.reason if rec.state == CTR_EXITED else "",
@@ -128,7 +138,9 @@ def container_status(ctr: Container) -> pb.ContainerStatus:
                 readonly=bool(m.get("readonly")),
                 propagation=m.get("propagation", 0),
                 recursive_read_only=bool(m.get("recursive_read_only")),
-                image=pb.ImageSpec(image=m["image"]) if m.get("image") else None,
+                image=pb.ImageSpec(image=m["image"], image_ref=m.get("image_ref", ""))
+                if m.get("image")
+                else None,
                 image_sub_path=m.get("image_sub_path", ""),
             )
         )
