@@ -13,6 +13,9 @@ import pytest
 
 from tests.support.daemon import PycrioDaemon
 
+# Registries and test images (session-scoped where they are expensive).
+pytest_plugins = ["tests.support.fixtures"]
+
 
 @pytest.fixture
 def daemon_dir(tmp_path: Path) -> Path:
@@ -28,7 +31,3 @@ def daemon(daemon_dir: Path) -> Iterator[PycrioDaemon]:
         yield d
     finally:
         d.stop()
-
-
-# Registries and test images (session-scoped where they are expensive).
-from tests.support.fixtures import *  # noqa: E402, F403

@@ -25,8 +25,6 @@ from tests.support.oci import File, Image, build_image, build_layer
 from tests.support.regclient import PushedImage, push_pushed
 from tests.support.registry import Registry
 
-pytest_plugins = ["tests.support.fixtures"]
-
 
 @dataclass
 class Seen:

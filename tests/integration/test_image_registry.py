@@ -25,9 +25,6 @@ from tests.support.oci import Image, Layer
 from tests.support.regclient import PushedImage, push_pushed
 from tests.support.registry import Registry
 
-pytest_plugins = ["tests.support.fixtures"]
-
-
 # -- helpers -------------------------------------------------------------------------
 
 

@@ -18,8 +18,6 @@ from tests.support.oci import File, Image, build_image, build_layer
 from tests.support.regclient import PushedImage, push_pushed
 from tests.support.registry import Registry
 
-pytest_plugins = ["tests.support.fixtures"]
-
 
 @pytest.fixture()
 async def via_proxy(tmp_path: Path, registry: Registry) -> AsyncIterator[Callable[..., object]]:

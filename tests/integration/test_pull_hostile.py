@@ -26,8 +26,6 @@ from tests.support.oci_broken import (
 from tests.support.regclient import push_pushed
 from tests.support.registry import Registry
 
-pytest_plugins = ["tests.support.fixtures"]
-
 ESCAPE_NAMES = ("pycrio-escape", "pycrio-escape-abs")
 OUTSIDE = (Path("/tmp/pycrio-escape"), Path("/pycrio-escape"), Path("/pycrio-escape-abs"))
 

@@ -40,8 +40,6 @@ from tests.support.oci import Image, Index
 from tests.support.regclient import PushedImage, push_pushed
 from tests.support.registry import Registry
 
-pytest_plugins = ["tests.support.fixtures"]
-
 
 @dataclass
 class PullEnv:

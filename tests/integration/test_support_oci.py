@@ -51,8 +51,6 @@ from tests.support.oci_broken import (
     wrong_layer_digest,
 )
 
-pytest_plugins = ["tests.support.fixtures"]
-
 ENTRIES = [
     Dir("etc"),
     File("etc/a", b"hello", mode=0o600, uid=5, gid=6, mtime=1234),

@@ -24,8 +24,6 @@ from tests.support.regclient import (
 )
 from tests.support.registry import Registry, make_pki, running_registry, start_registry
 
-pytest_plugins = ["tests.support.fixtures"]
-
 
 def _session(reg: Registry) -> aiohttp.ClientSession:
     ctx = reg.ssl_context()
