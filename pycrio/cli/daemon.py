@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "install-cni-default":
         from pycrio.network.defaults import install_default_conflist
 
-        written = install_default_conflist(Path(cfg.cni.conf_dir))
+        written = install_default_conflist(Path(cfg.cni.conf_dir), plugin_dirs=cfg.cni.plugin_dirs)
         print(f"wrote {written}" if written else f"{cfg.cni.conf_dir} already has a network; left as is")
         return 0
     pylog.setup(cfg.log_level, cfg.log_format)
