@@ -11,24 +11,29 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pycrio.config import Config
 from pycrio.container.environment import ContainerEnvironment
-from pycrio.container.manager import ContainerManager
+from pycrio.container.manager import Container, ContainerManager
 from pycrio.container.streams import RuntimeStreams
+from pycrio.events import ContainerEvents, EventBroadcaster
 from pycrio.image.service import ImageService
 from pycrio.log import kv
 from pycrio.network.manager import NetworkManager
 from pycrio.oci.runtime import OCIRuntime
-from pycrio.sandbox.manager import PodManager
+from pycrio.sandbox.manager import Pod, PodManager
 from pycrio.state.journal import UndoRegistry
 from pycrio.state.records import RecordStore
 from pycrio.state.store import MetadataStore
+from pycrio.stats.collector import StatsCollector
 from pycrio.storage.images import ImageStore
 from pycrio.storage.layers import LayerStore
 from pycrio.storage.rootfs import RootfsStore
 from pycrio.streaming.server import StreamingConfig, StreamingServer
+
+if TYPE_CHECKING:
+    from pycrio.metrics import Metrics
 
 log = logging.getLogger("pycrio.core")
 
@@ -82,6 +87,29 @@ class Core:
             ),
             RuntimeStreams(self),
         )
+        # Stats, container events, metrics.
+        self.stats = StatsCollector(cfg.cgroup_manager, self.runtime, self.rootfs)
+        self.events = EventBroadcaster()
+        self.container_events = ContainerEvents(self.events, self.pods, self.containers)
+        self.metrics: Metrics | None = None
+        if cfg.metrics.enable:
+            self._setup_metrics()
+        self.containers.on_change = self._container_changed
+        self.pods.on_change = self._pod_changed
+
+    def _setup_metrics(self) -> None:
+        from pycrio import metrics
+
+        m = self.metrics = metrics.Metrics(self.config.metrics)
+        m.add_state(
+            lambda: (c.state for c in self.containers.all()),
+            lambda: ("ready" if p.ready else "notready" for p in self.pods.all()),
+            lambda: self.events.dropped,
+            lambda: self.events.subscribers,
+            lambda: self.events.backlog,
+        )
+        m.time_calls(self.runtime, metrics.OCI_OPERATIONS, m.oci)
+        m.time_calls(self.network, metrics.CNI_OPERATIONS, m.cni, rename=metrics.CNI_OPERATIONS)
 
     async def start(self) -> None:
         await self.network.start()
@@ -102,9 +130,20 @@ class Core:
         except Exception as exc:
             log.warning("orphaned layer cleanup failed", extra=kv(error=exc))
         await self.streaming.start()
+        if self.metrics is not None:
+            try:
+                await self.metrics.start(self.images.tracker)
+            except OSError as exc:
+                # The runtime is more important than its metrics: serve without them.
+                log.error("cannot start the metrics endpoint", extra=kv(error=exc))
 
     async def stop(self) -> None:
-        for step in (self.streaming.stop, self.runtime.shutdown, self.network.stop, self.images.close):
+        self.events.close()
+        steps = [self.streaming.stop, self.runtime.shutdown, self.network.stop, self.images.close]
+        steps.append(self.stats.close)
+        if self.metrics is not None:
+            steps.insert(0, self.metrics.stop)
+        for step in steps:
             try:
                 await step()
             except Exception as exc:
@@ -114,7 +153,26 @@ class Core:
         self.env.config_reloaded()
 
     def observe_call(self, method: str, code: Any, seconds: float) -> None:
-        pass
+        if self.metrics is not None:
+            self.metrics.observe_call(method, code, seconds)
+
+    def _container_changed(self, ctr: Container, event: str) -> None:
+        try:
+            if event == "deleted":
+                self.stats.forget_container(ctr.id)
+            if self.metrics is not None:
+                self.metrics.container_changed(ctr.record.reason, event)
+            self.container_events.container_changed(ctr, event)
+        except Exception as exc:
+            log.error("container change hook failed", extra=kv(container=ctr.id, error=exc))
+
+    def _pod_changed(self, pod: Pod) -> None:
+        try:
+            if self.pods.pods.get(pod.id) is not pod:
+                self.stats.forget_pod(pod.id)
+            self.container_events.pod_changed(pod)
+        except Exception as exc:
+            log.error("pod change hook failed", extra=kv(pod=pod.id, error=exc))
 
     # -- status -------------------------------------------------------------
     def runtime_status(self) -> tuple[bool, str, str]:

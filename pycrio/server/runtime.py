@@ -13,6 +13,7 @@ from pycrio import __version__
 from pycrio.api import api_pb2 as pb
 from pycrio.server.containers import ContainerHandlers
 from pycrio.server.pods import PodHandlers
+from pycrio.server.stats import StatsHandlers
 
 if TYPE_CHECKING:
     from pycrio.daemon import Daemon
@@ -23,7 +24,7 @@ RUNTIME_API_VERSION = "v1"
 KUBE_API_VERSION = "0.1.0"
 
 
-class RuntimeServicer(PodHandlers, ContainerHandlers):
+class RuntimeServicer(PodHandlers, ContainerHandlers, StatsHandlers):
     """CRI RuntimeService."""
 
     def __init__(self, daemon: Daemon) -> None:
