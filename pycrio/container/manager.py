@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from pycrio.config import Config
 from pycrio.container.environment import ContainerEnvironment
 from pycrio.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from pycrio.log import kv
-from pycrio.oci.runtime import ExecResult
+from pycrio.oci.runtime import ExecResult, ExitInfo
 from pycrio.oci.spec_mounts import container_destination as mount_dest
 from pycrio.sandbox.manager import Pod, PodManager, encode_config
 from pycrio.state.creations import Creations
@@ -268,13 +269,34 @@ class ContainerManager:
 
     # -- exits -----------------------------------------------------------------------
     def _exit_seen(self, container_id: str) -> None:
+        """Apply conmon's record of an exit, if there is one."""
         ctr = self.containers.get(container_id)
         if ctr is None or ctr.state not in (CTR_RUNNING, CTR_CREATED) or not ctr.record.started_ns:
             return
         info = self.env.runtime.read_exit(container_id)
-        if info is None:
-            return
+        if info is not None:
+            self._apply_exit(ctr, info)
+
+    def refresh(self, ctr: Container) -> Container:
+        """Catch an exit nobody reported: conmon died along with its container.
+
+        Costs two /proc lookups for a running container; ContainerStatus and
+        the kubelet's relist call it.
+        """
+        cid = ctr.id
+        if ctr.state != CTR_RUNNING or self.env.runtime.conmon_alive(cid):
+            return ctr
+        info = self.env.runtime.read_exit(cid)
+        if info is None and self.env.runtime.container_pid(cid) is None:
+            info = ExitInfo(exit_code=255, finished_at_ns=now_ns(), oom_killed=False, from_conmon=False)
+        if info is not None:
+            self._apply_exit(ctr, info)
+        return ctr
+
+    def _apply_exit(self, ctr: Container, info: ExitInfo) -> None:
         rec = ctr.record
+        if rec.state not in (CTR_RUNNING, CTR_CREATED):
+            return
         rec.state = CTR_EXITED
         rec.exit_code = info.exit_code
         rec.finished_ns = info.finished_at_ns
@@ -282,6 +304,8 @@ class ContainerManager:
             rec.reason = "OOMKilled"
         else:
             rec.reason = "Completed" if info.exit_code == 0 else "Error"
+        if not info.from_conmon:
+            rec.message = "conmon was gone; the exit code is unknown"
         self.records.save_container(rec)
         log.info("container exited", extra=kv(container=ctr.id, code=rec.exit_code, reason=rec.reason))
         self._changed(ctr, "stopped")
@@ -308,19 +332,27 @@ class ContainerManager:
             return
         handler = self.env.handler(rec.runtime_handler)
         if timeout > 0:
-            await self.env.runtime.kill(ctr.id, handler, self.env.stop_signal(rec))
-            if await self._wait_exit(ctr, float(timeout)):
+            sig = self.env.stop_signal(rec)
+            await self.env.runtime.kill(ctr.id, handler, sig)
+            if await self._wait_exit(ctr, float(timeout), sig):
                 return
         await self.env.runtime.kill(ctr.id, handler, signal.SIGKILL, all_processes=True)
-        if not await self._wait_exit(ctr, KILL_WAIT):
-            raise FailedPrecondition(f"container {ctr.id} did not exit {KILL_WAIT:.0f}s after SIGKILL")
+        if not await self._wait_exit(ctr, KILL_WAIT, signal.SIGKILL):
+            raise FailedPrecondition(f"container {ctr.id} is still running after SIGKILL")
 
-    async def _wait_exit(self, ctr: Container, timeout: float) -> bool:
+    async def _wait_exit(self, ctr: Container, timeout: float, sig: int) -> bool:
+        """Wait for the exit; the runtime reports it even when conmon is gone.
+
+        Without conmon nobody saw the exit status; the process died after
+        ``sig``, so it is reported as killed by ``sig`` (137 for SIGKILL).
+        """
         try:
-            await self.env.runtime.wait_exit(ctr.id, timeout)
+            info = await self.env.runtime.wait_exit(ctr.id, timeout)
         except DeadlineExceeded:
             return False
-        self._exit_seen(ctr.id)
+        if not info.from_conmon:
+            info = dataclasses.replace(info, exit_code=128 + sig)
+        self._apply_exit(ctr, info)
         return ctr.state == CTR_EXITED
 
     async def stop_pod_containers(self, pod_id: str) -> None:

@@ -390,9 +390,11 @@ def parse_error(stdout: bytes, stderr: bytes = b"") -> PluginErrorInfo:
     code = obj.get("code")
     msg = obj.get("msg")
     details = obj.get("details")
+    # A plugin that answered without a message may have said why on stderr.
+    fallback = stderr.decode(errors="replace").strip()[:2000] if stderr else ""
     return PluginErrorInfo(
         code=code if isinstance(code, int) and not isinstance(code, bool) else 0,
-        msg=msg if isinstance(msg, str) else "",
+        msg=msg if isinstance(msg, str) and msg else (fallback or "no message"),
         details=details if isinstance(details, str) else "",
     )
 

@@ -120,8 +120,11 @@ def parse_record(line: bytes) -> LogRecord:
 
 
 def iter_records(data: bytes, *, strict: bool = False) -> Iterator[LogRecord]:
-    """Records of a whole buffer; malformed lines are skipped unless ``strict``."""
-    for line in data.splitlines():
+    """Records of a whole buffer; malformed lines are skipped unless ``strict``.
+
+    Records end at ``\n`` only: a ``\r`` inside a record is content.
+    """
+    for line in data.split(b"\n"):
         if not line:
             continue
         try:

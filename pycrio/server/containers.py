@@ -71,7 +71,8 @@ class ContainerHandlers:
         return pb.RemoveContainerResponse()
 
     def _containers(self, flt: pb.ContainerFilter | None) -> list[pb.Container]:
-        return [convert.container_summary(c) for c in containers_matching(self.containers.all(), flt)]
+        matching = containers_matching(self.containers.all(), flt)
+        return [convert.container_summary(self.containers.refresh(c)) for c in matching]
 
     async def ListContainers(
         self, request: pb.ListContainersRequest, context: Any
@@ -87,7 +88,7 @@ class ContainerHandlers:
     async def ContainerStatus(
         self, request: pb.ContainerStatusRequest, context: Any
     ) -> pb.ContainerStatusResponse:
-        ctr = self.containers.get(request.container_id)
+        ctr = self.containers.refresh(self.containers.get(request.container_id))
         resp = pb.ContainerStatusResponse(status=convert.container_status(ctr))
         if request.verbose:
             resp.info.update(self.containers.verbose_info(ctr))

@@ -142,6 +142,8 @@ def to_json(rec: PodRecord | ContainerRecord) -> str:
 
 def from_json(cls: type[R], text: str) -> R:
     raw = json.loads(text)
+    if not isinstance(raw, dict):
+        raise TypeError(f"a record must be a JSON object, not {type(raw).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in raw.items() if k in names}
     values["journal"] = [Effect(e["kind"], e.get("data", {})) for e in values.get("journal", [])]
@@ -191,7 +193,7 @@ class RecordStore:
         for row in self.store.query(f"SELECT id, data FROM {table}"):
             try:
                 out.append(from_json(cls, row["data"]))
-            except (ValueError, TypeError, KeyError) as exc:
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 self.quarantine(table, row["id"], row["data"], f"cannot decode: {exc}")
         return out
 

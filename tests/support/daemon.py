@@ -26,7 +26,13 @@ from pycrio.api import api_pb2_grpc
 class PycrioDaemon:
     """One pycrio process and gRPC stubs to talk to it."""
 
-    def __init__(self, base: Path, settings: dict[str, Any] | None = None, args: list[str] | None = None):
+    def __init__(
+        self,
+        base: Path,
+        settings: dict[str, Any] | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.base = base
         self.root = base / "root"
         self.runroot = base / "run"
@@ -44,6 +50,8 @@ class PycrioDaemon:
         }
         _deep_update(self.settings, settings or {})
         self.args = args or []
+        # Extra environment for the daemon process (e.g. PYCRIO_CRASH_AT); may change between starts.
+        self.env: dict[str, str] = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.channel: grpc.Channel | None = None
         self.runtime: Any = None
@@ -64,7 +72,9 @@ class PycrioDaemon:
     def start(self, wait: bool = True, timeout: float = 30.0) -> None:
         self.write_config()
         self._log = self.log_file.open("ab")
-        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.command(), stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+        )
         self.channel = grpc.insecure_channel(f"unix:{self.socket}")
         self.runtime = api_pb2_grpc.RuntimeServiceStub(self.channel)
         self.image = api_pb2_grpc.ImageServiceStub(self.channel)
