@@ -97,6 +97,9 @@ class Daemon:
             server.add_generic_rpc_handlers(
                 (generic_handler(service_descriptor(name), servicer, self.core.observe_call),)
             )
+        from pycrio.server.extra import extra_handler
+
+        server.add_generic_rpc_handlers((extra_handler(self),))  # pull progress, image import
         try:
             server.add_insecure_port(f"unix:{socket_path}")
         except RuntimeError as exc:
@@ -117,6 +120,9 @@ class Daemon:
         self._stop.set()
 
     async def stop(self) -> None:
+        if self.core is not None:
+            # End open event streams first, so the server's grace period is not spent on them.
+            self.core.events.close()
         if self.server is not None:
             await self.server.stop(grace=2.0)
             self.server = None

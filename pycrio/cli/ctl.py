@@ -12,11 +12,19 @@ from collections.abc import Callable
 
 import grpc
 
-from pycrio.cli import ctl_info
+from pycrio.cli import (
+    ctl_containers,
+    ctl_images,
+    ctl_info,
+    ctl_logs,
+    ctl_pods,
+    ctl_stats,
+    ctl_stream,
+)
 from pycrio.cli.client import Client, default_endpoint
 
 # Modules that add subcommands: each has register(subparsers).
-VERB_MODULES = [ctl_info]
+VERB_MODULES = [ctl_info, ctl_stats, ctl_images, ctl_pods, ctl_containers, ctl_stream, ctl_logs]
 
 
 def build_parser() -> argparse.ArgumentParser:
