@@ -85,7 +85,7 @@ class Core:
                 token_ttl=float(s.token_ttl),
                 idle_timeout=float(s.idle_timeout),
             ),
-            RuntimeStreams(self),
+            RuntimeStreams(self.containers, self.pods, self.runtime, runroot / "exec-streams"),
         )
         # Stats, container events, metrics.
         self.stats = StatsCollector(cfg.cgroup_manager, self.runtime, self.rootfs)

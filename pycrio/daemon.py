@@ -93,13 +93,13 @@ class Daemon:
         )
         from pycrio.server.services import servicers
 
-        for name, servicer in zip(SERVICE_NAMES, servicers(self), strict=True):
+        for name, servicer in zip(SERVICE_NAMES, servicers(self.core), strict=True):
             server.add_generic_rpc_handlers(
                 (generic_handler(service_descriptor(name), servicer, self.core.observe_call),)
             )
         from pycrio.server.extra import extra_handler
 
-        server.add_generic_rpc_handlers((extra_handler(self),))  # pull progress, image import
+        server.add_generic_rpc_handlers((extra_handler(self.core),))  # pull progress, image import
         try:
             server.add_insecure_port(f"unix:{socket_path}")
         except RuntimeError as exc:

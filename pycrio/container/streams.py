@@ -27,7 +27,9 @@ from pycrio.streaming.netns import connect_in_netns
 from pycrio.streaming.process import run_bridged
 
 if TYPE_CHECKING:
-    from pycrio.core import Core
+    from pycrio.container.manager import ContainerManager
+    from pycrio.oci.runtime import OCIRuntime
+    from pycrio.sandbox.manager import PodManager
 
 # conmon's attach packets: one byte naming the pipe, then up to 8 KiB of data.
 _ATTACH_STDOUT = 2
@@ -38,11 +40,16 @@ _ATTACH_READ = 8192 + 1
 class RuntimeStreams:
     """Implements the streaming server's StreamingRuntime protocol."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(
+        self, containers: ContainerManager, pods: PodManager, runtime: OCIRuntime, work_dir: Path
+    ) -> None:
+        self.containers = containers
+        self.pods = pods
+        self.runtime = runtime
+        self.work_dir = work_dir
 
     def _running(self, container_id: str) -> Any:
-        ctr = self.core.containers.get(container_id)
+        ctr = self.containers.get(container_id)
         if ctr.state != CTR_RUNNING:
             raise FailedPrecondition(f"container {ctr.id} is not running")
         return ctr
@@ -52,14 +59,14 @@ class RuntimeStreams:
         ctr = self._running(container_id)
         if not cmd:
             raise InvalidArgument("exec command is empty")
-        runtime = self.core.runtime
-        handler = self.core.env.handler(ctr.record.runtime_handler)
-        process = self.core.containers.process_spec(ctr)
+        runtime = self.runtime
+        handler = self.containers.env.handler(ctr.record.runtime_handler)
+        process = self.containers.process_spec(ctr)
         process["args"] = list(cmd)
         process["terminal"] = tty
         if tty and not any(e.startswith("TERM=") for e in process.get("env", [])):
             process.setdefault("env", []).append("TERM=xterm")
-        work = Path(self.core.config.runroot) / "exec"
+        work = self.work_dir
         work.mkdir(mode=0o700, exist_ok=True)
         token = secrets.token_hex(8)
         spec_path, pid_path = work / f"{ctr.id[:12]}-{token}.json", work / f"{ctr.id[:12]}-{token}.pid"
@@ -79,7 +86,7 @@ class RuntimeStreams:
     # -- attach ----------------------------------------------------------------------------
     async def attach(self, container_id: str, tty: bool, stdin: bool, io: StreamIO) -> None:
         ctr = self._running(container_id)
-        runtime = self.core.runtime
+        runtime = self.runtime
         sock = runtime.connect_attach(ctr.id)
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = []
@@ -122,14 +129,14 @@ class RuntimeStreams:
 
     async def _attach_resize(self, container_id: str, io: StreamIO) -> None:
         for size in io.pending_resizes():
-            await self.core.runtime.resize(container_id, size.height, size.width)
+            await self.runtime.resize(container_id, size.height, size.width)
         async for size in io.resize_events():
             with contextlib.suppress(Exception):
-                await self.core.runtime.resize(container_id, size.height, size.width)
+                await self.runtime.resize(container_id, size.height, size.width)
 
     # -- port-forward ------------------------------------------------------------------------
     async def port_forward(self, pod_id: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        pod = self.core.pods.get(pod_id)
+        pod = self.pods.get(pod_id)
         if not pod.ready:
             raise FailedPrecondition(f"pod sandbox {pod.id} is not ready")
         netns = None if pod.record.host_network else pod.record.netns

@@ -49,7 +49,7 @@ def _abort_args(method: str, exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return code, f"internal error in {method}: {type(exc).__name__}: {exc}"
 
 
-def _unary(
+def wrap_unary(
     name: str, impl: Callable[..., Any], observe: CallObserver | None
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -72,7 +72,7 @@ def _unary(
     return behavior
 
 
-def _stream(
+def wrap_stream(
     name: str, impl: Callable[..., AsyncIterator[Any]], observe: CallObserver | None
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
     async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
@@ -124,13 +124,13 @@ def generic_handler(
         resp = _message_class(method.output_type.full_name)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _stream(method.name, impl, observe),
+                wrap_stream(method.name, impl, observe),
                 request_deserializer=req.FromString,
                 response_serializer=resp.SerializeToString,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(method.name, impl, observe),
+                wrap_unary(method.name, impl, observe),
                 request_deserializer=req.FromString,
                 response_serializer=resp.SerializeToString,
             )

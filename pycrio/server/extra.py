@@ -26,19 +26,18 @@ import json
 import logging
 import math
 import os
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from pycrio.errors import InvalidArgument, PycrioError
+from pycrio.errors import InvalidArgument
 from pycrio.image.progress import PullProgress
 from pycrio.log import kv
-from pycrio.server.errors import status_code
+from pycrio.server.dispatch import wrap_stream, wrap_unary
 
 if TYPE_CHECKING:
-    from pycrio.daemon import Daemon
+    from pycrio.core import Core
     from pycrio.image.service import ImageService
 
 log = logging.getLogger("pycrio.server.extra")
@@ -104,15 +103,10 @@ def _optional_number(req: dict[str, Any], key: str) -> float | None:
 
 
 class ExtraService:
-    """The method implementations; they reach the image core through the daemon."""
+    """The method implementations, over the image core."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    @property
-    def images(self) -> ImageService:
-        svc: ImageService = self.daemon.core.images
-        return svc
+    def __init__(self, core: Core) -> None:
+        self.images: ImageService = core.images
 
     async def pull_progress(self, request: Any, context: Any) -> AsyncIterator[dict[str, Any]]:
         req = _request(request)
@@ -137,70 +131,17 @@ class ExtraService:
         return {"images": [{"id": i.id, "repo_tags": list(i.repo_tags)} for i in loaded]}
 
 
-# ---------------------------------------------------------------- error mapping
-
-
-def _observe(daemon: Daemon, method: str, code: grpc.StatusCode, start: float) -> None:
-    core = getattr(daemon, "core", None)
-    observe = getattr(core, "observe_call", None)
-    if observe is not None:
-        observe(method, code, time.monotonic() - start)
-
-
-def _abort_args(method: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, PycrioError):
-        return status_code(exc), exc.message
-    log.error("unexpected error in %s", method, exc_info=exc, extra=kv(method=method))
-    return grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}"
-
-
-def _unary(
-    daemon: Daemon, name: str, impl: Callable[[Any, Any], Awaitable[Any]]
-) -> Callable[[Any, Any], Awaitable[Any]]:
-    async def behavior(request: Any, context: Any) -> Any:
-        start = time.monotonic()
-        try:
-            result = await impl(request, context)
-            _observe(daemon, name, grpc.StatusCode.OK, start)
-            return result
-        except Exception as exc:
-            code, message = _abort_args(name, exc)
-            _observe(daemon, name, code, start)
-            await context.abort(code, message)
-            raise  # not reached: abort raises
-
-    return behavior
-
-
-def _stream(
-    daemon: Daemon, name: str, impl: Callable[[Any, Any], AsyncIterator[Any]]
-) -> Callable[[Any, Any], AsyncIterator[Any]]:
-    async def behavior(request: Any, context: Any) -> AsyncIterator[Any]:
-        start = time.monotonic()
-        code, message = grpc.StatusCode.OK, ""
-        try:
-            async for item in impl(request, context):
-                yield item
-        except Exception as exc:
-            code, message = _abort_args(name, exc)
-        _observe(daemon, name, code, start)
-        if code != grpc.StatusCode.OK:
-            await context.abort(code, message)
-
-    return behavior
-
-
-def extra_handler(daemon: Daemon) -> grpc.GenericRpcHandler:
-    """The generic handler serving ``pycrio.v1.Pycrio`` for this daemon."""
-    svc = ExtraService(daemon)
+def extra_handler(core: Core) -> grpc.GenericRpcHandler:
+    """The generic handler serving ``pycrio.v1.Pycrio``; calls go through the CRI dispatcher's wrappers."""
+    svc = ExtraService(core)
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "PullProgress": grpc.unary_stream_rpc_method_handler(
-            _stream(daemon, "PullProgress", svc.pull_progress),
+            wrap_stream("PullProgress", svc.pull_progress, core.observe_call),
             request_deserializer=decode,
             response_serializer=encode,
         ),
         "LoadImage": grpc.unary_unary_rpc_method_handler(
-            _unary(daemon, "LoadImage", svc.load_image),
+            wrap_unary("LoadImage", svc.load_image, core.observe_call),
             request_deserializer=decode,
             response_serializer=encode,
         ),

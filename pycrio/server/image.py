@@ -13,7 +13,7 @@ from pycrio.image.cri import to_cri_image, verbose_info
 from pycrio.server.paging import pages
 
 if TYPE_CHECKING:
-    from pycrio.daemon import Daemon
+    from pycrio.core import Core
     from pycrio.image.service import ImageService
 
 
@@ -38,13 +38,8 @@ def _auth(auth: pb.AuthConfig) -> AuthInput | None:
 class ImageServicer:
     """CRI ImageService."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    @property
-    def images(self) -> ImageService:
-        svc: ImageService = self.daemon.core.images
-        return svc
+    def __init__(self, core: Core) -> None:
+        self.images: ImageService = core.images
 
     def _list(self, flt: pb.ImageFilter | None) -> list[pb.Image]:
         ref = flt.image.image if flt is not None and flt.HasField("image") else ""

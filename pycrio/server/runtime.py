@@ -16,7 +16,7 @@ from pycrio.server.pods import PodHandlers
 from pycrio.server.stats import StatsHandlers
 
 if TYPE_CHECKING:
-    from pycrio.daemon import Daemon
+    from pycrio.core import Core
 
 RUNTIME_NAME = "pycrio"
 RUNTIME_API_VERSION = "v1"
@@ -27,12 +27,8 @@ KUBE_API_VERSION = "0.1.0"
 class RuntimeServicer(PodHandlers, ContainerHandlers, StatsHandlers):
     """CRI RuntimeService."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    @property
-    def core(self) -> Any:
-        return self.daemon.core
+    def __init__(self, core: Core) -> None:
+        self.core: Any = core
 
     async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -58,16 +54,16 @@ class RuntimeServicer(PodHandlers, ContainerHandlers, StatsHandlers):
             features=pb.RuntimeFeatures(**self._runtime_features()),
         )
         if request.verbose:
-            resp.info["config"] = json.dumps(self.daemon.config.to_dict(), sort_keys=True)
+            resp.info["config"] = json.dumps(self.core.config.to_dict(), sort_keys=True)
         return resp
 
     def _handlers(self) -> list[pb.RuntimeHandler]:
         features = getattr(self.core, "handler_features", None)
         out = []
-        names = sorted(self.daemon.config.runtimes)
+        names = sorted(self.core.config.runtimes)
         # The default handler is also announced under the empty name, as CRI-O does.
         for name in ["", *names]:
-            feats: dict[str, bool] = features(name or self.daemon.config.default_runtime) if features else {}
+            feats: dict[str, bool] = features(name or self.core.config.default_runtime) if features else {}
             out.append(pb.RuntimeHandler(name=name, features=pb.RuntimeHandlerFeatures(**feats)))
         return out
 
@@ -77,7 +73,7 @@ class RuntimeServicer(PodHandlers, ContainerHandlers, StatsHandlers):
         return result
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: Any) -> pb.RuntimeConfigResponse:
-        driver = pb.SYSTEMD if self.daemon.config.cgroup_manager == "systemd" else pb.CGROUPFS
+        driver = pb.SYSTEMD if self.core.config.cgroup_manager == "systemd" else pb.CGROUPFS
         return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
 
     async def UpdateRuntimeConfig(

@@ -8,9 +8,9 @@ from pycrio.server.image import ImageServicer
 from pycrio.server.runtime import RuntimeServicer
 
 if TYPE_CHECKING:
-    from pycrio.daemon import Daemon
+    from pycrio.core import Core
 
 
-def servicers(daemon: Daemon) -> tuple[object, object]:
+def servicers(core: Core) -> tuple[object, object]:
     """(RuntimeService, ImageService) servicers, in SERVICE_NAMES order."""
-    return RuntimeServicer(daemon), ImageServicer(daemon)
+    return RuntimeServicer(core), ImageServicer(core)
