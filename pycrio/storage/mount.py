@@ -22,15 +22,14 @@ import resource
 import sys
 from pathlib import Path
 
+from pycrio import mount as sysmount
 from pycrio.errors import Internal
 
+# mount(2) and umount2(2) come from pycrio.mount; this module adds overlay
+# option building and the new mount API, which it calls through syscall(2).
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.syscall.restype = ctypes.c_long
 
-MS_RDONLY = 1
-MNT_DETACH = 2
 PAGE_SIZE = resource.getpagesize()
 
 # New mount API (syscall numbers are the same on every architecture for these).
@@ -54,15 +53,6 @@ def _check(ret: int, what: str) -> int:
     return ret
 
 
-def mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
-    _check(_libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode()),
-           f"mount {fstype} on {target}")
-
-
-def umount(target: str, flags: int = 0) -> None:
-    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
-
-
 def is_mountpoint(path: Path) -> bool:
     try:
         return os.path.ismount(path)
@@ -76,13 +66,12 @@ def unmount(target: Path) -> None:
         if not is_mountpoint(target):
             return
         try:
-            umount(str(target))
-        except OSError as e:
-            if e.errno in (errno.EINVAL, errno.ENOENT):
+            if not sysmount.umount(target, detach=False):
                 return
+        except OSError as e:
             if e.errno != errno.EBUSY:
                 raise
-            umount(str(target), MNT_DETACH)
+            sysmount.umount(target, detach=True)
 
 
 def overlay_data(lowers: list[str], upper: str | None, work: str | None, extra: list[str]) -> str:
@@ -179,8 +168,9 @@ async def mount_overlay_in_child(target: Path, link_dir: Path, names: list[str],
     if len(data.encode()) >= PAGE_SIZE:
         raise Internal(f"overlay options for {target} exceed a page even with relative layer names "
                        f"({len(names)} layers)")
+    flags = sysmount.MS_RDONLY if readonly else 0
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-S", "-c", _CHILD, str(target), data, str(MS_RDONLY if readonly else 0),
+        sys.executable, "-I", "-S", "-c", _CHILD, str(target), data, str(flags),
         cwd=str(link_dir), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -213,14 +203,14 @@ async def mount_overlay(target: Path, link_dir: Path, names: list[str], upper: P
         lowers.append(empty_dir)
         names.append(os.path.relpath(empty_dir, link_dir))
     extra = _extra_options()
-    flags = MS_RDONLY if readonly else 0
+    flags = sysmount.MS_RDONLY if readonly else 0
     data = overlay_data([str(p) for p in lowers], str(upper) if upper else None,
                         str(work) if work else None, extra)
     method = force or ("mount" if len(data.encode()) < PAGE_SIZE else "fsconfig")
     if method == "fsconfig" and _new_api_works is False and force is None:
         method = "child"
     if method == "mount":
-        await asyncio.to_thread(mount, "overlay", str(target), "overlay", flags, data)
+        await asyncio.to_thread(sysmount.mount, "overlay", target, "overlay", flags, data)
         return method
     if method == "fsconfig":
         try:
