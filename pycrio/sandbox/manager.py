@@ -16,7 +16,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -389,20 +389,3 @@ def _port_mappings(config: pb.PodSandboxConfig) -> list[PortMapping]:
         PortMapping(pm.host_port, pm.container_port, _PROTOCOLS.get(pm.protocol, "tcp"), pm.host_ip)
         for pm in config.port_mappings
     ]
-
-
-def pods_matching(pods: Iterable[Pod], flt: pb.PodSandboxFilter | None) -> list[Pod]:
-    """ListPodSandbox's filter: id (prefix), state, label selector."""
-    out = []
-    for pod in pods:
-        if flt is not None:
-            if flt.id and not pod.id.startswith(flt.id):
-                continue
-            if flt.HasField("state"):
-                want_ready = flt.state.state == pb.SANDBOX_READY
-                if pod.ready != want_ready:
-                    continue
-            if any(pod.config.labels.get(k) != v for k, v in flt.label_selector.items()):
-                continue
-        out.append(pod)
-    return out

@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pycrio.api import api_pb2 as pb
-from pycrio.container.manager import Container, ContainerManager
+from pycrio.container.manager import ContainerManager
 from pycrio.errors import InvalidArgument
 from pycrio.server import convert
+from pycrio.server.filters import containers_matching
 from pycrio.server.paging import pages
-
-
-def containers_matching(ctrs: Iterable[Container], flt: pb.ContainerFilter | None) -> list[Container]:
-    """ListContainers' filter: id and pod id (prefixes), state, label selector."""
-    out = []
-    for ctr in ctrs:
-        if flt is not None:
-            if flt.id and not ctr.id.startswith(flt.id):
-                continue
-            if flt.pod_sandbox_id and not ctr.record.pod_id.startswith(flt.pod_sandbox_id):
-                continue
-            if flt.HasField("state") and convert.container_state(ctr) != flt.state.state:
-                continue
-            if any(ctr.config.labels.get(k) != v for k, v in flt.label_selector.items()):
-                continue
-        out.append(ctr)
-    return out
 
 
 class ContainerHandlers:

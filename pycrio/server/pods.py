@@ -7,8 +7,9 @@ from typing import Any
 
 from pycrio.api import api_pb2 as pb
 from pycrio.errors import InvalidArgument
-from pycrio.sandbox.manager import PodManager, pods_matching
+from pycrio.sandbox.manager import PodManager
 from pycrio.server import convert
+from pycrio.server.filters import pods_matching
 from pycrio.server.paging import pages
 
 

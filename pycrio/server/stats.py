@@ -10,6 +10,7 @@ from pycrio.api import api_pb2 as pb
 from pycrio.container.manager import Container
 from pycrio.errors import InvalidArgument, Unavailable
 from pycrio.sandbox.manager import Pod
+from pycrio.server.filters import containers_matching, pods_matching
 from pycrio.server.paging import pages
 from pycrio.stats.collector import StatsCollector
 from pycrio.stats.descriptors import descriptors
@@ -17,34 +18,6 @@ from pycrio.stats.targets import CtrTarget, PodTarget
 
 # Pods per streamed metrics message: each carries dozens of metrics per container.
 METRICS_PAGE = 50
-
-
-def containers_for_stats(ctrs: Iterable[Container], flt: pb.ContainerStatsFilter | None) -> list[Container]:
-    """ListContainerStats' filter: id and pod id (prefixes) and a label selector.
-    Containers of every state are listed, created-but-not-started ones included."""
-    out = []
-    for ctr in ctrs:
-        if flt is not None:
-            if flt.id and not ctr.id.startswith(flt.id):
-                continue
-            if flt.pod_sandbox_id and not ctr.record.pod_id.startswith(flt.pod_sandbox_id):
-                continue
-            if any(ctr.config.labels.get(k) != v for k, v in flt.label_selector.items()):
-                continue
-        out.append(ctr)
-    return out
-
-
-def pods_for_stats(pods: Iterable[Pod], flt: pb.PodSandboxStatsFilter | None) -> list[Pod]:
-    out = []
-    for pod in pods:
-        if flt is not None:
-            if flt.id and not pod.id.startswith(flt.id):
-                continue
-            if any(pod.config.labels.get(k) != v for k, v in flt.label_selector.items()):
-                continue
-        out.append(pod)
-    return out
 
 
 class StatsHandlers:
@@ -70,13 +43,13 @@ class StatsHandlers:
 
     async def _container_list(self, flt: pb.ContainerStatsFilter | None) -> pb.ListContainerStatsResponse:
         resp = pb.ListContainerStatsResponse()
-        targets = self._ctr_targets(containers_for_stats(self.core.containers.all(), flt))
+        targets = self._ctr_targets(containers_matching(self.core.containers.all(), flt))
         await self.collector.container_stats_into(resp.stats.add, targets)
         return resp
 
     async def _pod_list(self, flt: pb.PodSandboxStatsFilter | None) -> pb.ListPodSandboxStatsResponse:
         resp = pb.ListPodSandboxStatsResponse()
-        targets = self._pod_targets(pods_for_stats(self.core.pods.all(), flt))
+        targets = self._pod_targets(pods_matching(self.core.pods.all(), flt))
         await self.collector.pod_stats_into(resp.stats.add, targets)
         return resp
 

@@ -12,7 +12,8 @@ from pycrio.api import api_pb2 as pb
 from pycrio.container.manager import Container
 from pycrio.errors import InvalidArgument, NotFound
 from pycrio.sandbox.manager import Pod
-from pycrio.server.stats import StatsHandlers, containers_for_stats, pods_for_stats
+from pycrio.server.filters import containers_matching, pods_matching
+from pycrio.server.stats import StatsHandlers
 from pycrio.stats.collector import StatsCollector
 from tests.unit.test_stats_collector import Env, make_ctr, make_pod
 
@@ -73,17 +74,17 @@ async def handlers(tmp_path: Path) -> AsyncIterator[Handlers]:
 
 def test_filters() -> None:
     ctrs = [make_ctr("c1", "p1"), make_ctr("c2", "p2"), make_ctr("c22", "p2")]
-    assert [c.id for c in containers_for_stats(ctrs, None)] == ["c1", "c2", "c22"]
-    assert [c.id for c in containers_for_stats(ctrs, pb.ContainerStatsFilter(id="c2"))] == ["c2", "c22"]
-    assert [c.id for c in containers_for_stats(ctrs, pb.ContainerStatsFilter(pod_sandbox_id="p1"))] == ["c1"]
+    assert [c.id for c in containers_matching(ctrs, None)] == ["c1", "c2", "c22"]
+    assert [c.id for c in containers_matching(ctrs, pb.ContainerStatsFilter(id="c2"))] == ["c2", "c22"]
+    assert [c.id for c in containers_matching(ctrs, pb.ContainerStatsFilter(pod_sandbox_id="p1"))] == ["c1"]
     sel = pb.ContainerStatsFilter(label_selector={"k": "c22"})
-    assert [c.id for c in containers_for_stats(ctrs, sel)] == ["c22"]
+    assert [c.id for c in containers_matching(ctrs, sel)] == ["c22"]
     pods = [make_pod("p1", name="a"), make_pod("p2", name="b")]
-    assert [p.id for p in pods_for_stats(pods, pb.PodSandboxStatsFilter(label_selector={"app": "b"}))] == [
+    assert [p.id for p in pods_matching(pods, pb.PodSandboxStatsFilter(label_selector={"app": "b"}))] == [
         "p2"
     ]
-    assert [p.id for p in pods_for_stats(pods, pb.PodSandboxStatsFilter(id="p1"))] == ["p1"]
-    assert len(pods_for_stats(pods, pb.PodSandboxStatsFilter())) == 2
+    assert [p.id for p in pods_matching(pods, pb.PodSandboxStatsFilter(id="p1"))] == ["p1"]
+    assert len(pods_matching(pods, pb.PodSandboxStatsFilter())) == 2
 
 
 async def test_unary_and_streamed_answers_match(handlers: Handlers) -> None:
