@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import ctypes
-import ctypes.util
 import logging
 import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pycrio.setns import CLONE_NEWNET, setns
+
 log = logging.getLogger("pycrio.stats")
 
-CLONE_NEWNET = 0x40000000
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,20 +58,6 @@ def parse_net_dev(raw: bytes) -> list[Interface]:
     return out
 
 
-_libc: ctypes.CDLL | None = None
-
-
-def _setns(fd: int, nstype: int) -> None:
-    fn = getattr(os, "setns", None)
-    if fn is not None:  # Python >= 3.12
-        fn(fd, nstype)
-        return
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if _libc.setns(fd, nstype) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 class _Broken(Exception):
@@ -110,7 +95,7 @@ class NetnsReader:
                 out[path] = None
                 continue
             try:
-                _setns(target, CLONE_NEWNET)
+                setns(target, CLONE_NEWNET)
             except OSError:
                 out[path] = None
                 os.close(target)
@@ -122,7 +107,7 @@ class NetnsReader:
             finally:
                 os.close(target)
                 try:
-                    _setns(self._home, CLONE_NEWNET)
+                    setns(self._home, CLONE_NEWNET)
                 except OSError as exc:
                     raise _Broken(str(exc)) from exc
             out[path] = parse_net_dev(raw) if raw is not None else None

@@ -10,31 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import socket
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-CLONE_NEWNET = 0x40000000
+from pycrio.setns import CLONE_NEWNET, setns
+
 T = TypeVar("T")
 
-_libc: ctypes.CDLL | None = None
-
-
-def _setns(fd: int, nstype: int) -> None:
-    setns = getattr(os, "setns", None)
-    if setns is not None:  # Python >= 3.12
-        setns(fd, nstype)
-        return
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if _libc.setns(fd, nstype) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def _in_netns(netns_path: str, fn: Callable[[], T]) -> T:
@@ -43,12 +28,12 @@ def _in_netns(netns_path: str, fn: Callable[[], T]) -> T:
     try:
         original = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _setns(target, CLONE_NEWNET)
+            setns(target, CLONE_NEWNET)
             try:
                 return fn()
             finally:
                 # If this fails the thread stays foreign, but it is about to exit anyway.
-                _setns(original, CLONE_NEWNET)
+                setns(original, CLONE_NEWNET)
         finally:
             os.close(original)
     finally:
