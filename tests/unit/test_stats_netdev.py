@@ -52,7 +52,7 @@ async def test_reader_enters_a_namespace_file_and_comes_back(tmp_path: Path) -> 
 async def test_reader_replaces_a_thread_stuck_in_a_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
     reader = NetnsReader()
     own = f"/proc/{os.getpid()}/ns/net"
-    real = netdev._setns
+    real = netdev.setns
     calls: list[int] = []
 
     def failing_return(fd: int, nstype: int) -> None:
@@ -62,11 +62,11 @@ async def test_reader_replaces_a_thread_stuck_in_a_namespace(monkeypatch: pytest
         real(fd, nstype)
 
     try:
-        monkeypatch.setattr(netdev, "_setns", failing_return)
+        monkeypatch.setattr(netdev, "setns", failing_return)
         await _worker_ident(reader)
         first_pool = reader._pool
         assert await reader.read([own]) == {own: None}
-        monkeypatch.setattr(netdev, "_setns", real)
+        monkeypatch.setattr(netdev, "setns", real)
         found = await reader.read([own])
         assert found[own]
         assert reader._pool is not None and reader._pool is not first_pool
