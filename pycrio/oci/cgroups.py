@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,37 +243,7 @@ def remove(layout: Layout, rel: str) -> bool:
     return gone
 
 
-# -- stats ------------------------------------------------------------------
-
-@dataclass
-class CgroupStats:
-    """Counters of one cgroup; ``None`` where the controller is not available."""
-
-    timestamp_ns: int
-    cpu_usage_ns: int | None = None
-    memory_usage_bytes: int | None = None
-    memory_working_set_bytes: int | None = None
-    memory_rss_bytes: int | None = None
-    memory_inactive_file_bytes: int | None = None
-    memory_page_faults: int | None = None
-    memory_major_page_faults: int | None = None
-    memory_limit_bytes: int | None = None
-    pids_current: int | None = None
-    oom_kill_count: int | None = None
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        raw = path.read_bytes().strip()
-    except OSError:
-        return None
-    if raw == b"max":
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        return None
-
+# -- counters the runtime itself needs (statistics live in pycrio.stats) ----------
 
 def _read_kv(path: Path) -> dict[str, int]:
     out: dict[str, int] = {}
@@ -291,18 +260,6 @@ def _read_kv(path: Path) -> dict[str, int]:
     return out
 
 
-def read_cpu_usage_ns(layout: Layout, rel: str) -> int | None:
-    ctrl = "cpuacct" if "cpuacct" in layout.v1 else "cpu"
-    loc = layout.controller_dir(ctrl, rel)
-    if loc is None:
-        return None
-    d, v2 = loc
-    if v2:
-        usec = _read_kv(d / "cpu.stat").get("usage_usec")
-        return None if usec is None else usec * 1000
-    return _read_int(d / "cpuacct.usage")
-
-
 def read_oom_kill_count(layout: Layout, rel: str) -> int | None:
     """OOM kills in the cgroup (v1 ``memory.oom_control``, v2 ``memory.events``)."""
     loc = layout.controller_dir("memory", rel)
@@ -311,54 +268,6 @@ def read_oom_kill_count(layout: Layout, rel: str) -> int | None:
     d, v2 = loc
     kv = _read_kv(d / ("memory.events" if v2 else "memory.oom_control"))
     return kv.get("oom_kill")
-
-
-def read_memory(layout: Layout, rel: str, st: CgroupStats) -> None:
-    loc = layout.controller_dir("memory", rel)
-    if loc is None:
-        return
-    d, v2 = loc
-    if v2:
-        usage = _read_int(d / "memory.current")
-        stat = _read_kv(d / "memory.stat")
-        inactive = stat.get("inactive_file")
-        st.memory_rss_bytes = stat.get("anon")
-        st.memory_page_faults = stat.get("pgfault")
-        st.memory_major_page_faults = stat.get("pgmajfault")
-        st.memory_limit_bytes = _read_int(d / "memory.max")
-        st.oom_kill_count = _read_kv(d / "memory.events").get("oom_kill")
-    else:
-        usage = _read_int(d / "memory.usage_in_bytes")
-        stat = _read_kv(d / "memory.stat")
-        # The total_* keys include sub-cgroups; fall back to the local ones.
-        inactive = stat.get("total_inactive_file", stat.get("inactive_file"))
-        st.memory_rss_bytes = stat.get("total_rss", stat.get("rss"))
-        st.memory_page_faults = stat.get("total_pgfault", stat.get("pgfault"))
-        st.memory_major_page_faults = stat.get("total_pgmajfault", stat.get("pgmajfault"))
-        limit = _read_int(d / "memory.limit_in_bytes")
-        # v1 reports "no limit" as a huge page-aligned number.
-        st.memory_limit_bytes = None if limit is None or limit >= (1 << 62) else limit
-        st.oom_kill_count = _read_kv(d / "memory.oom_control").get("oom_kill")
-    st.memory_usage_bytes = usage
-    st.memory_inactive_file_bytes = inactive
-    if usage is not None:
-        st.memory_working_set_bytes = max(0, usage - (inactive or 0))
-
-
-def read_pids_current(layout: Layout, rel: str) -> int | None:
-    loc = layout.controller_dir("pids", rel)
-    if loc is None:
-        return None
-    return _read_int(loc[0] / "pids.current")
-
-
-def read_stats(layout: Layout, rel: str) -> CgroupStats:
-    """Every counter of cgroup ``rel`` that the host's controllers provide."""
-    st = CgroupStats(timestamp_ns=time.time_ns())
-    st.cpu_usage_ns = read_cpu_usage_ns(layout, rel)
-    read_memory(layout, rel, st)
-    st.pids_current = read_pids_current(layout, rel)
-    return st
 
 
 def exists(layout: Layout, rel: str, controller: str = "memory") -> bool:

@@ -531,7 +531,7 @@ class OCIRuntime:
     def cgroup_paths(self, cid: str) -> dict[str, str]:
         """The container's cgroups as its init saw them at create: controller -> path
         (``memory``, ``cpuacct``, ``pids`` on v1; ``""`` is the v2 path). For
-        :func:`pycrio.oci.cgroups.read_stats`.
+        :func:`pycrio.stats.cgroup.resolve`.
         """
         rec = self.files(cid).load() or {}
         return dict(rec.get("cgroups") or {})

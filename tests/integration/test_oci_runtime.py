@@ -13,6 +13,7 @@ import pytest
 from pycrio.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from pycrio.oci import cgroups, crilog, procs
 from pycrio.oci.runtime import ContainerNotFound, OCIRuntime, OCIRuntimeError
+from pycrio.stats import cgroup as cgroup_stats
 from tests.integration import test_oci_runtime_fixtures as fx
 from tests.integration.test_oci_runtime_fixtures import (
     CONMON,
@@ -131,8 +132,8 @@ async def test_delete_created_container(env: Env) -> None:
 async def test_update_resources(env: Env) -> None:
     cid, _ = await env.run(SLEEPER)
     await env.runtime.update(cid, env.handler, {"memory": {"limit": 64 * 1024 * 1024}})
-    st = cgroups.read_stats(cgroups.detect(), env.cgroup_rel(cid))
-    assert st.memory_limit_bytes == 64 * 1024 * 1024
+    st = cgroup_stats.sample(cgroup_stats.resolve(cgroups.detect(), {"": env.cgroup_rel(cid)}))
+    assert st.memory_limit == 64 * 1024 * 1024
     assert st.pids_current == 1
     with pytest.raises(OCIRuntimeError):
         await env.runtime.update(cid, env.handler, {"memory": {"limit": "lots"}})

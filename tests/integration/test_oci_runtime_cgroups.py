@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from pycrio.oci import cgroups
+from pycrio.stats import cgroup as cgroup_stats
 
 
 def test_real_cgroup_roundtrip() -> None:
@@ -24,8 +25,8 @@ def test_real_cgroup_roundtrip() -> None:
         assert got.get("memory", got.get("")) == rel
         assert cgroups.exists(lay, rel)
         assert cgroups.remove(lay, rel) is False  # busy: a process is inside
-        st = cgroups.read_stats(lay, rel)
-        assert st.pids_current == 1 and st.memory_usage_bytes is not None and st.cpu_usage_ns is not None
+        st = cgroup_stats.sample(cgroup_stats.resolve(lay, {"": rel}))
+        assert st.pids_current == 1 and st.memory_usage is not None and st.cpu_usage_ns is not None
     finally:
         proc.kill()
         proc.wait()
