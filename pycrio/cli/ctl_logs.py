@@ -20,11 +20,11 @@ from typing import IO, Any
 
 import grpc
 
+from pycrio import inotify as ino
 from pycrio.api import api_pb2 as pb
 from pycrio.cli.client import Client
 from pycrio.cli.ctl_common import CtlError, command, deadline, doing, parse_duration
 from pycrio.oci import crilog
-from pycrio.oci import inotify as ino
 
 READ_CHUNK = 1 << 16
 # How long a follower waits for the file to change before asking whether the container still runs.

@@ -1,6 +1,6 @@
 """Noticing changes in the CNI config directory.
 
-inotify (through ctypes) wakes the waiter on any change in the directory;
+inotify (:mod:`pycrio.inotify`) wakes the waiter on any change in the directory;
 where inotify is unavailable, or while the directory does not exist, the
 waiter falls back to a bounded poll of the directory's mtime.
 """
@@ -9,35 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 
+from pycrio import inotify
+
 log = logging.getLogger(__name__)
 
-_IN_NONBLOCK = 0o4000
-_IN_CLOEXEC = 0o2000000
-_IN_MODIFY = 0x002
-_IN_ATTRIB = 0x004
-_IN_CLOSE_WRITE = 0x008
-_IN_MOVED_FROM = 0x040
-_IN_MOVED_TO = 0x080
-_IN_CREATE = 0x100
-_IN_DELETE = 0x200
-_IN_DELETE_SELF = 0x400
-_IN_MOVE_SELF = 0x800
 _MASK = (
-    _IN_MODIFY
-    | _IN_ATTRIB
-    | _IN_CLOSE_WRITE
-    | _IN_MOVED_FROM
-    | _IN_MOVED_TO
-    | _IN_CREATE
-    | _IN_DELETE
-    | _IN_DELETE_SELF
-    | _IN_MOVE_SELF
+    inotify.IN_MODIFY
+    | inotify.IN_ATTRIB
+    | inotify.IN_CLOSE_WRITE
+    | inotify.IN_MOVED_FROM
+    | inotify.IN_MOVED_TO
+    | inotify.IN_CREATE
+    | inotify.IN_DELETE
+    | inotify.IN_DELETE_SELF
+    | inotify.IN_MOVE_SELF
 )
+# The watched directory itself went away: the watch must be set up again.
+_GONE = inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF | inotify.IN_IGNORED
 
 
 def _dir_stamp(path: str) -> tuple[int, int] | None:
@@ -55,66 +46,46 @@ class DirWatcher:
         self.path = path
         self.poll_interval = poll_interval
         self.use_inotify = use_inotify
-        self._fd = -1
+        self._ino: inotify.Inotify | None = None
         self._event = asyncio.Event()
         self._stamp = _dir_stamp(path)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def using_inotify(self) -> bool:
-        return self._fd >= 0
+        return self._ino is not None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._arm()
 
     def _arm(self) -> None:
-        if self._fd >= 0 or not self.use_inotify or not os.path.isdir(self.path):
+        if self._ino is not None or not self.use_inotify or not os.path.isdir(self.path):
             return
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-            if fd < 0:
-                raise OSError(ctypes.get_errno(), "inotify_init1")
-            if libc.inotify_add_watch(fd, os.fsencode(self.path), _MASK) < 0:
-                err = ctypes.get_errno()
-                os.close(fd)
-                raise OSError(err, "inotify_add_watch")
-        except (OSError, AttributeError) as exc:
+            ino = inotify.Inotify()
+        except OSError as exc:
             log.info("inotify unavailable for %s (%s): polling instead", self.path, exc)
             return
-        self._fd = fd
-        assert self._loop is not None
-        self._loop.add_reader(fd, self._on_readable)
-
-    def _on_readable(self) -> None:
-        gone = False
         try:
-            while True:
-                data = os.read(self._fd, 65536)
-                if not data:
-                    break
-                # an event's mask sits at offset 4; DELETE_SELF / MOVE_SELF / IGNORED mean re-arm
-                off = 0
-                while off + 16 <= len(data):
-                    mask = int.from_bytes(data[off + 4 : off + 8], "little")
-                    if mask & (_IN_DELETE_SELF | _IN_MOVE_SELF | 0x8000):
-                        gone = True
-                    off += 16 + int.from_bytes(data[off + 12 : off + 16], "little")
-        except BlockingIOError:
-            pass
-        except OSError:
-            gone = True
-        if gone:
+            ino.add_watch(self.path, _MASK)
+        except OSError as exc:
+            ino.close()
+            log.info("cannot watch %s (%s): polling instead", self.path, exc)
+            return
+        assert self._loop is not None
+        ino.attach(self._loop, self._on_events)
+        self._ino = ino
+
+    def _on_events(self, events: list[inotify.Event]) -> None:
+        if any(e.mask & _GONE for e in events):
             self._disarm()
         self._event.set()
 
     def _disarm(self) -> None:
-        if self._fd >= 0:
-            if self._loop is not None:
-                self._loop.remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+        if self._ino is not None:
+            self._ino.close()
+            self._ino = None
 
     def close(self) -> None:
         self._disarm()
@@ -122,7 +93,7 @@ class DirWatcher:
     async def wait(self, limit: float | None) -> bool:
         """Wait for a change; False on timeout. Polls in steps when inotify is off."""
         self._arm()
-        if self._fd >= 0:
+        if self._ino is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(limit):
                     await self._event.wait()

@@ -18,8 +18,8 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+from pycrio import inotify
 from pycrio.errors import DeadlineExceeded
-from pycrio.oci import inotify
 from pycrio.oci.runc import ContainerNotRunning
 
 RESIZE = 1

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pycrio import inotify
 from pycrio.errors import DeadlineExceeded
-from pycrio.oci import inotify
 
 log = logging.getLogger("pycrio.oci.exits")
 

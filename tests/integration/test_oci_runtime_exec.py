@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from pycrio import inotify
 from pycrio.errors import DeadlineExceeded, InvalidArgument, NotFound
-from pycrio.oci import inotify, procs
+from pycrio.oci import procs
 from pycrio.oci.runtime import ContainerNotRunning, ExecTimeout, OCIRuntimeError
 from tests.integration import test_oci_runtime_fixtures as fx
 from tests.integration.test_oci_runtime_fixtures import Env, needs_host, process_spec
@@ -69,8 +70,8 @@ async def test_exec_tty(env: Env) -> None:
     cmd = ["/bin/sh", "-c", "tty; echo hi >&2"]
     res = await env.runtime.exec_sync(cid, env.handler, cmd, 10, BASE, tty=True)
     assert res.exit_code == 0
-    # One terminal: both streams arrive as stdout.
-    assert res.stdout.startswith(b"/dev/pts/") and res.stdout.endswith(b"hi\n")
+    # One terminal: both streams arrive as stdout, with the terminal's CRLF line ends.
+    assert res.stdout.startswith(b"/dev/pts/") and res.stdout.endswith(b"hi\r\n")
     assert res.stderr == b""
 
 

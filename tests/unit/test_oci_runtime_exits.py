@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from pycrio import inotify
 from pycrio.errors import DeadlineExceeded
-from pycrio.oci import exits, inotify
+from pycrio.oci import exits
 from pycrio.oci.exits import ExitWatcher
 
 
