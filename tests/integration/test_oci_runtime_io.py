@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pycrio.oci import cgroups, crilog, inotify
+from pycrio import inotify
+from pycrio.oci import cgroups, crilog
 from pycrio.oci.runtime import ContainerNotRunning
 from tests.integration import test_oci_runtime_fixtures as fx
 from tests.integration.test_oci_runtime_fixtures import Env, needs_host
@@ -61,7 +62,8 @@ async def test_tty_container_logs(env: Env) -> None:
     # conmon holds the pty: everything arrives on stdout.
     assert {r.stream for r in records} == {"stdout"}
     out = stdout_of(env.log_path(cid).read_bytes())
-    assert out == b"/dev/pts/0\nto-stderr\ndone"
+    # The terminal turned each newline into CRLF; the log keeps the bytes as they came.
+    assert out == b"/dev/pts/0\r\nto-stderr\r\ndone"
 
 
 async def test_attach_socket_receives_output(env: Env) -> None:

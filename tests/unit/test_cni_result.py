@@ -121,7 +121,10 @@ def test_parse_error_json_and_plain() -> None:
     assert plain.code == 0 and plain.msg == "panic: something"
     assert parse_error(b"", b"").msg == "no output"
     odd = parse_error(b'{"code": "x", "msg": 3}')
-    assert odd.code == 0 and odd.msg == ""
+    assert odd.code == 0 and odd.msg == "no message"
+    # A JSON error without a message falls back to what the plugin said on stderr.
+    quiet = parse_error(b'{"cniVersion":"1.0.0","code":11}', b"iptables: resource busy\n")
+    assert quiet.code == 11 and quiet.msg == "iptables: resource busy"
 
 
 def test_version_info() -> None:
