@@ -55,8 +55,26 @@ class ContainerHandlers:
         return pb.RemoveContainerResponse()
 
     def _containers(self, flt: pb.ContainerFilter | None) -> list[pb.Container]:
-        matching = containers_matching(self.containers.all(), flt)
-        return [convert.container_summary(self.containers.refresh(c)) for c in matching]
+        # The kubelet relists every second: a container's summary changes only
+        # with its state, so it is built once per state and reused.
+        cache: dict[str, tuple[str, pb.Container]] = getattr(self, "_summaries", {})
+        fresh: dict[str, tuple[str, pb.Container]] = {}
+        out = []
+        for ctr in containers_matching(self.containers.all(), flt):
+            state = self.containers.refresh(ctr).state
+            hit = cache.get(ctr.id)
+            if hit is None or hit[0] != state:
+                hit = (state, convert.container_summary(ctr))
+            fresh[ctr.id] = hit
+            out.append(hit[1])
+        if flt is None:
+            self._summaries = fresh
+        else:
+            cache.update(fresh)
+            if len(cache) > 2 * len(self.containers.containers) + 64:
+                cache = {i: v for i, v in cache.items() if i in self.containers.containers}
+            self._summaries = cache
+        return out
 
     async def ListContainers(
         self, request: pb.ListContainersRequest, context: Any
