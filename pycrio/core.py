@@ -194,7 +194,8 @@ class Core:
         feats = self.env.features.get(name)
         return {
             "recursive_read_only_mounts": bool(feats and feats.recursive_read_only),
-            "user_namespaces": False,
+            # userns: idmapped root filesystems work here and the handler joins user namespaces.
+            "user_namespaces": self.env.userns_support(name) is None,
         }
 
     def runtime_features(self) -> dict[str, bool]:

@@ -21,11 +21,13 @@ from pycrio.errors import InvalidArgument, NotFound
 from pycrio.image.service import ImageService
 from pycrio.log import kv
 from pycrio.oci.runtime import OCIRuntime, RuntimeHandlerSpec
-from pycrio.oci.spec import SandboxInfo, SpecOptions, build_spec_async
+from pycrio.oci.spec import SandboxInfo, SpecOptions, UsernsInfo, build_spec_async
 from pycrio.oci.spec_host import RuntimeFeatures, options_from_host, runtime_features
 from pycrio.oci.spec_resources import apply_resource_update, update_resources
+from pycrio.sandbox import userns
 from pycrio.sandbox.manager import Pod
 from pycrio.state.records import ContainerRecord
+from pycrio.storage import idmap
 from pycrio.storage.images import ImageRecord
 from pycrio.storage.rootfs import RootfsStore
 
@@ -42,9 +44,11 @@ class ContainerEnvironment:
         self.runtime = runtime
         self.features: dict[str, RuntimeFeatures] = {}
         self._options: dict[str, SpecOptions] = {}
+        self.idmap = idmap.IdmapProbe(False, "not probed yet")
 
     async def probe_handlers(self) -> None:
-        """Ask each configured runtime what it supports (``runc features``)."""
+        """Ask each configured runtime what it supports (``runc features``), and whether
+        root filesystems can be idmapped for user-namespace pods here."""
         for name, handler in self.config.runtimes.items():
             try:
                 self.features[name] = await runtime_features(handler.path)
@@ -52,6 +56,29 @@ class ContainerEnvironment:
                 log.warning("cannot query runtime features", extra=kv(handler=name, error=exc))
                 self.features[name] = RuntimeFeatures()
         self._options.clear()
+        # userns: one try with a throwaway user namespace.
+        try:
+            self.idmap = await idmap.probe(self.rootfs.containers_dir)
+        except Exception as exc:
+            self.idmap = idmap.IdmapProbe(False, f"the idmap probe failed: {exc}")
+        if self.idmap.supported:
+            log.info("user namespaces: idmapped root filesystems work", extra=kv(path=self.rootfs.root))
+        else:
+            log.warning("user namespaces are not available", extra=kv(reason=self.idmap.reason))
+
+    def userns_support(self, handler: str) -> str | None:
+        """Why pods with their own user namespace cannot run with ``handler`` (None: they can)."""
+        if not self.idmap.supported:
+            return self.idmap.reason
+        raw = self.features.get(handler, RuntimeFeatures()).raw or {}
+        linux = raw.get("linux") if isinstance(raw, dict) else None
+        namespaces = linux.get("namespaces") if isinstance(linux, dict) else None
+        if not isinstance(namespaces, list) or "user" not in namespaces:
+            return (
+                f"runtime handler {handler!r} does not report user namespace support (its "
+                "'features' command is missing or does not list the user namespace)"
+            )
+        return None
 
     def handler(self, name: str) -> RuntimeHandlerSpec:
         handler = self.config.runtimes.get(name)
@@ -84,18 +111,41 @@ class ContainerEnvironment:
             raise NotFound(f"image {ref!r} not found: pull it first")
         return image
 
-    async def mount_image_volume(self, container_id: str, ref: str, target: Path) -> ImageRecord:
-        """Mount an image read-only at ``target`` for a CRI image volume."""
+    async def mount_image_volume(
+        self, container_id: str, ref: str, target: Path, pod: Pod | None = None
+    ) -> ImageRecord:
+        """Mount an image read-only at ``target`` for a CRI image volume (idmapped with the
+        pod's user namespace, if it has one)."""
         image = self.resolve_image(ref)
         await self.rootfs.mount_image_readonly(image.id, target, owner=container_id)
+        if pod is not None and pod.record.userns:
+            await idmap.mount_image_idmapped(
+                target, self._layer_dirs(image), self.rootfs.layers.empty_dir, pod.record.userns
+            )
         return image
 
     async def unmount_image_volume(self, target: str) -> None:
         await self.rootfs.unmount_image_readonly(Path(target))
 
-    async def mount_rootfs(self, container_id: str, image_id: str) -> Path:
+    async def mount_rootfs(self, container_id: str, image_id: str, pod: Pod | None = None) -> Path:
         self.rootfs.create(container_id, image_id)
-        return await self.rootfs.mount(container_id)
+        pod_userns = userns.pod_userns(pod.config) if pod is not None and pod.record.userns else None
+        if pod is None or pod_userns is None:
+            return await self.rootfs.mount(container_id)
+        # userns: an overlay of idmapped layers; unmounting "merged" (rootfs removal) undoes it.
+        image = self.resolve_image(image_id)
+        return await idmap.mount_rootfs(
+            self.rootfs.merged_path(container_id).parent,
+            self._layer_dirs(image),
+            self.rootfs.layers.empty_dir,
+            pod.record.userns,
+            pod_userns.uid_mappings,
+            pod_userns.gid_mappings,
+        )
+
+    def _layer_dirs(self, image: ImageRecord) -> list[Path]:
+        """The image's layer directories, bottom first."""
+        return [self.rootfs.layers.diff_path(chain) for chain in image.layers]
 
     async def remove_rootfs(self, container_id: str) -> None:
         await self.rootfs.remove(container_id)
@@ -134,6 +184,7 @@ class ContainerEnvironment:
             pod_name=pod.config.metadata.name,
             pod_namespace=pod.config.metadata.namespace,
             pod_uid=pod.config.metadata.uid,
+            userns=self.pod_userns_info(pod),
         )
         result = await build_spec_async(
             cid,
@@ -153,6 +204,12 @@ class ContainerEnvironment:
             if volume is not None:
                 m["image_ref"] = volume[1]
         return result.spec, (user.uid, user.gid, list(user.additional_gids)), mounts
+
+    @staticmethod
+    def pod_userns_info(pod: Pod) -> UsernsInfo | None:
+        """The pod's user namespace for the spec: its pinned file and mappings."""
+        pod_userns = userns.pod_userns(pod.config) if pod.record.userns else None
+        return pod_userns.info(pod.record.userns) if pod_userns is not None else None
 
     def stop_signal(self, rec: ContainerRecord) -> int:
         image = self.images.images.get(rec.image_id)

@@ -30,6 +30,7 @@ from pycrio.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, I
 from pycrio.log import kv
 from pycrio.oci.runtime import ExecResult, ExitInfo
 from pycrio.oci.spec_mounts import container_destination as mount_dest
+from pycrio.sandbox import userns
 from pycrio.sandbox.manager import Pod, PodManager, encode_config
 from pycrio.state.creations import Creations
 from pycrio.state.faults import crash_point
@@ -99,6 +100,7 @@ class ContainerManager:
         self.dir = Path(cfg.runroot) / "containers"
         self.on_change: Callable[[Container, str], None] | None = None
         pods.containers = self
+        pods.userns_support = env.userns_support  # userns: what the handlers and storage allow
         undo.register("ctr-dir", self._undo_dir)
         undo.register("rootfs", self._undo_rootfs)
         undo.register("oci", self._undo_oci)
@@ -153,6 +155,7 @@ class ContainerManager:
             raise InvalidArgument("config.image.image is required")
         if not pod.ready:
             raise FailedPrecondition(f"pod sandbox {pod.id} is not ready")
+        userns.check_container(cfg, userns.pod_userns(pod.config))
         name = reservation_name(cfg, pod)
         parked = self.creations.take_parked(name, lambda i: i in self.containers)
         if parked is not None:
@@ -193,8 +196,8 @@ class ContainerManager:
                 self._effect(rec, "ctr-dir", path=str(bundle))
                 bundle.mkdir(parents=True, mode=0o700)
                 self._effect(rec, "rootfs", id=cid)
-                rootfs = await self.env.mount_rootfs(cid, image.id)
-                volumes = await self._mount_image_volumes(rec, cfg, bundle)
+                rootfs = await self.env.mount_rootfs(cid, image.id, pod)
+                volumes = await self._mount_image_volumes(rec, cfg, bundle, pod)
                 spec, user, rec.mounts = await self.env.build_spec(cid, cfg, pod, image, str(rootfs), volumes)
                 rec.uid, rec.gid, rec.supplemental_groups = user
                 (bundle / "config.json").write_text(json.dumps(spec))
@@ -215,7 +218,7 @@ class ContainerManager:
         return cid
 
     async def _mount_image_volumes(
-        self, rec: ContainerRecord, cfg: pb.ContainerConfig, bundle: Path
+        self, rec: ContainerRecord, cfg: pb.ContainerConfig, bundle: Path, pod: Pod | None = None
     ) -> dict[str, tuple[str, str]]:
         """Mount each image named by a CRI mount read-only under the bundle."""
         volumes: dict[str, tuple[str, str]] = {}
@@ -224,7 +227,7 @@ class ContainerManager:
                 continue
             target = bundle / "image-volumes" / str(i)
             self._effect(rec, "image-volume", target=str(target))
-            image = await self.env.mount_image_volume(rec.id, m.image.image, target)
+            image = await self.env.mount_image_volume(rec.id, m.image.image, target, pod)
             volumes[mount_dest(m.container_path)] = (str(target), image.id)
         return volumes
 
@@ -406,6 +409,15 @@ class ContainerManager:
             "bundle": ctr.record.bundle,
             "runtimeSpec": spec,
         }
+        linux = (spec or {}).get("linux") or {}
+        user_ns = [n for n in linux.get("namespaces") or [] if n.get("type") == "user"]
+        if user_ns:
+            # userns: the effective mapping of the container's user namespace.
+            info["userNamespace"] = {
+                "path": user_ns[0].get("path", ""),
+                "uidMappings": linux.get("uidMappings") or [],
+                "gidMappings": linux.get("gidMappings") or [],
+            }
         return {"info": json.dumps(info)}
 
     # -- RemoveContainer ---------------------------------------------------------------

@@ -24,11 +24,11 @@ from typing import Any, Protocol
 from pycrio import mount
 from pycrio.api import api_pb2 as pb
 from pycrio.config import Config
-from pycrio.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
+from pycrio.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from pycrio.log import kv
 from pycrio.network.manager import NetworkManager
 from pycrio.network.types import DNSSettings, PortMapping, bandwidth_from_annotations
-from pycrio.sandbox import files, namespaces, pause
+from pycrio.sandbox import files, namespaces, pause, userns
 from pycrio.state.creations import Creations
 from pycrio.state.faults import crash_point
 from pycrio.state.journal import UndoRegistry
@@ -101,6 +101,9 @@ class PodManager:
         self.pods_dir = Path(cfg.runroot) / "pods"
         self.ns_dir = Path(cfg.runroot) / "ns"
         self.on_change: Callable[[Pod], None] | None = None
+        # userns: why a runtime handler cannot run user-namespace pods (None: it can);
+        # set by the container side, which probes the handlers and the storage.
+        self.userns_support: Callable[[str], str | None] | None = None
         undo.register("pod-dir", self._undo_dir)
         undo.register("shm", self._undo_shm)
         undo.register("namespaces", self._undo_namespaces)
@@ -152,7 +155,7 @@ class PodManager:
         if handler not in self.config.runtimes:
             have = ", ".join(sorted(self.config.runtimes))
             raise InvalidArgument(f"runtime handler {handler!r} is not configured (have {have})")
-        self._check_userns(config)
+        self._check_userns(config, handler)
         name = reservation_name(md)
         parked = self.creations.take_parked(name, lambda i: i in self.pods)
         if parked is not None:
@@ -161,12 +164,15 @@ class PodManager:
             raise AlreadyExists(f"pod sandbox name {name!r} is already reserved for {self.by_name[name]}")
         return await self.creations.run(name, lambda: self._create(config, handler, name))
 
-    def _check_userns(self, config: pb.PodSandboxConfig) -> None:
-        opts = config.linux.security_context.namespace_options
-        if opts.HasField("userns_options") and opts.userns_options.mode != pb.NODE:
-            raise Unimplemented(
-                "user namespaces are not supported by this pycrio build (runtime handlers report "
-                "user_namespaces=false)"
+    def _check_userns(self, config: pb.PodSandboxConfig, handler: str) -> None:
+        # userns: the CRI's refusals first (InvalidArgument), then what this host cannot do.
+        if userns.pod_userns(config) is None or self.userns_support is None:
+            return
+        reason = self.userns_support(handler)
+        if reason is not None:
+            raise FailedPrecondition(
+                f"user namespaces (mode POD) are not available with runtime handler {handler!r} "
+                f"on this host: {reason}"
             )
 
     async def _create(self, config: pb.PodSandboxConfig, handler: str, name: str) -> str:
@@ -177,6 +183,9 @@ class PodManager:
         pod_dir = self.pods_dir / pod_id
         hostname = files.pod_hostname(config.hostname, pod_id, host_net)
         kinds = [k for k, own in (("net", not host_net), ("ipc", not host_ipc), ("uts", not host_net)) if own]
+        pod_userns = userns.pod_userns(config)
+        if pod_userns is not None:
+            kinds.insert(0, "user")  # userns: the others are made inside it
         sysctls = namespaces.validate_sysctls(dict(config.linux.sysctls), kinds)
         rec = PodRecord(
             id=pod_id,
@@ -216,7 +225,7 @@ class PodManager:
                     shm,
                     "tmpfs",
                     mount.MS_NOSUID | mount.MS_NODEV | mount.MS_NOEXEC,
-                    f"mode=1777,size={SHM_SIZE}",
+                    f"mode=1777,size={SHM_SIZE}{userns.shm_options(pod_userns)}",
                 )
             if kinds:
                 planned = namespaces.pinned_paths(self.ns_dir, pod_id)
@@ -227,12 +236,17 @@ class PodManager:
                     kinds,
                     hostname=hostname if "uts" in kinds else None,
                     sysctls=sysctls,
+                    uid_mappings=pod_userns.uid_mappings if pod_userns else (),
+                    gid_mappings=pod_userns.gid_mappings if pod_userns else (),
                 )
                 rec.netns, rec.ipcns, rec.utsns = pinned.net or "", pinned.ipc or "", pinned.uts or ""
+                rec.userns = pinned.user or ""
             if pid_mode == "pod":
                 pin = pod_dir / "pidns"
                 self._effect(rec, "pause", pin=str(pin), program=self.config.pause_command[0])
-                parent, child = await pause.start_pause(self.config.pause_command, pin)
+                parent, child = await pause.start_pause(
+                    self.config.pause_command, pin, userns=rec.userns or None
+                )
                 rec.journal[-1].data.update(parent=parent, pid=child)
                 rec.pidns, rec.pause_pid = str(pin), child
                 self.records.save_pod(rec)
@@ -254,6 +268,8 @@ class PodManager:
                 )
                 rec.ips = list(result.ips)
                 files.write_hosts(pod_dir, hostname, rec.ips, host_net)
+            if pod_userns is not None:
+                userns.chown_pod_files(pod_dir, pod_userns)
             crash_point("pod:before:ready")
             rec.state = POD_READY
             self.records.save_pod(rec)
@@ -295,7 +311,7 @@ class PodManager:
                 await self.containers.stop_pod_containers(pod.id)
             rec = pod.record
             await self.undo.unwind(rec.journal, pod.id, lambda: self.records.save_pod(rec), stop_at="pod-dir")
-            rec.netns = rec.ipcns = rec.utsns = rec.pidns = ""
+            rec.netns = rec.ipcns = rec.utsns = rec.pidns = rec.userns = ""
             rec.pause_pid = 0
             if rec.state != POD_NOTREADY:
                 rec.state = POD_NOTREADY
@@ -378,7 +394,8 @@ class PodManager:
                 self.records.save_pod(rec)
 
     def _alive(self, rec: PodRecord) -> bool:
-        for path, kind in ((rec.netns, "net"), (rec.ipcns, "ipc"), (rec.utsns, "uts"), (rec.pidns, "pid")):
+        pinned = ((rec.netns, "net"), (rec.ipcns, "ipc"), (rec.utsns, "uts"), (rec.pidns, "pid"))
+        for path, kind in (*pinned, (rec.userns, "user")):
             if path and not namespaces.is_namespace_file(path, kind):
                 return False
         return True

@@ -7,7 +7,17 @@ script inside them that sets the hostname, the namespaced sysctls and brings
 ``lo`` up. When the script exits nothing is left running; the bind mounts keep
 the namespaces alive until :func:`unpin_namespaces` unmounts them.
 
-Layout: ``<ns_dir>/<kind>ns/<name>`` (``netns``, ``ipcns``, ``utsns``).
+A pod with its own user namespace gets it first, with its uid/gid mappings,
+and the other namespaces inside it (owned by it), so that the container's
+root has the capabilities over them that it needs. util-linux 2.38 cannot do
+that alone (``--map-users`` execs ``newuidmap``, which Debian ships apart, and
+a user namespace cannot be pinned by unshare's own child), so the daemon
+takes the middle steps: ``unshare --user --net ... --keep-caps`` starts a
+shell that waits; the daemon writes the mappings and bind-mounts the
+namespace files from ``/proc/<pid>/ns``; then the shell becomes root of the
+new namespace (``setpriv``) and runs the same script.
+
+Layout: ``<ns_dir>/<kind>ns/<name>`` (``userns``, ``netns``, ``ipcns``, ``utsns``).
 """
 
 from __future__ import annotations
@@ -21,20 +31,25 @@ import logging
 import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pycrio.errors import AlreadyExists, InvalidArgument, Unimplemented
+from pycrio import mount
+from pycrio.errors import AlreadyExists, InvalidArgument
 from pycrio.errors import Internal as InternalError
+from pycrio.oci.spec_types import IDMap
 
 log = logging.getLogger(__name__)
 
 UNSHARE = "unshare"
+SETPRIV = "setpriv"
 SHELL = "/bin/sh"
 IP = "ip"
 
-#: Namespace kinds that can be pinned, in the order they are reported.
-SUPPORTED_KINDS = ("net", "ipc", "uts")
+#: Namespace kinds that can be pinned, in the order they are reported (the
+#: user namespace first: the others are created inside it).
+SUPPORTED_KINDS = ("user", "net", "ipc", "uts")
+_UNSHARE_FLAGS = {"user": "--user", "net": "--net", "ipc": "--ipc", "uts": "--uts"}
 
 _CLONE_FLAGS = {
     "net": 0x40000000,
@@ -74,12 +89,16 @@ _COMPONENT = re.compile(r"^[A-Za-z0-9_\-.:@+]+$")
 
 @dataclass(frozen=True)
 class PinnedNamespaces:
-    """Files holding a pod's namespaces, by kind (``net``, ``ipc``, ``uts``)."""
+    """Files holding a pod's namespaces, by kind (``user``, ``net``, ``ipc``, ``uts``)."""
 
     paths: Mapping[str, str] = field(default_factory=dict)
 
     def path(self, kind: str) -> str | None:
         return self.paths.get(kind)
+
+    @property
+    def user(self) -> str | None:
+        return self.paths.get("user")
 
     @property
     def net(self) -> str | None:
@@ -191,18 +210,21 @@ async def pin_namespaces(
     *,
     hostname: str | None = None,
     sysctls: Mapping[str, str] | None = None,
+    uid_mappings: Sequence[IDMap] = (),
+    gid_mappings: Sequence[IDMap] = (),
     time_limit: float = 10.0,
 ) -> PinnedNamespaces:
     """Create new namespaces of ``kinds`` and pin them under ``ns_dir``.
 
     Sets ``hostname`` (needs ``uts``) and ``sysctls`` (validated with
     :func:`validate_sysctls`) inside them and brings ``lo`` up in a new netns.
-    On any failure nothing is left behind.
+    With ``user`` among the kinds, ``uid_mappings`` and ``gid_mappings`` are
+    the new user namespace's mappings (both required; container id 0 must be
+    mapped) and the other namespaces are owned by it. On any failure nothing
+    is left behind.
     """
     wanted = [k for k in SUPPORTED_KINDS if k in set(kinds)]
     extra = set(kinds) - set(SUPPORTED_KINDS)
-    if "user" in extra:
-        raise Unimplemented("pinning a user namespace is not supported yet")
     if extra:
         raise InvalidArgument(f"cannot pin namespace kind(s): {', '.join(sorted(extra))}")
     if not name or "/" in name or name in (".", ".."):
@@ -212,6 +234,10 @@ async def pin_namespaces(
             raise InvalidArgument("a hostname needs the pod's own UTS namespace")
         if not hostname or len(hostname.encode()) > _HOST_NAME_MAX or any(c.isspace() for c in hostname):
             raise InvalidArgument(f"bad hostname {hostname!r}")
+    if "user" in wanted:
+        _check_mappings(uid_mappings, gid_mappings)
+    elif uid_mappings or gid_mappings:
+        raise InvalidArgument("uid/gid mappings need a new user namespace")
     checked = validate_sysctls(sysctls or {}, wanted)
     if not wanted:
         return PinnedNamespaces({})
@@ -229,17 +255,23 @@ async def pin_namespaces(
         created.append(path)
 
     pinned = PinnedNamespaces(paths)
-    argv = [UNSHARE, *(f"--{k}={p}" for k, p in paths.items()), "--"]
-    script = _pin_script(hostname, checked, "net" in wanted)
-    argv += [SHELL, "-c", script]
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        if "user" in wanted:
+            proc = await _start_in_userns(wanted, hostname, checked, "net" in wanted)
+        else:
+            script = _pin_script(hostname, checked, "net" in wanted)
+            argv = [UNSHARE, *(f"--{k}={p}" for k, p in paths.items()), "--", SHELL, "-c", script]
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
         try:
+            if "user" in wanted:
+                await asyncio.wait_for(
+                    _map_and_pin(proc, paths, uid_mappings, gid_mappings, name), time_limit
+                )
             _, err = await asyncio.wait_for(proc.communicate(), time_limit)
         except TimeoutError:
             proc.kill()
@@ -264,6 +296,85 @@ async def pin_namespaces(
         await unpin_namespaces(pinned)
         raise
     return pinned
+
+
+def _check_mappings(uid_mappings: Sequence[IDMap], gid_mappings: Sequence[IDMap]) -> None:
+    for kind, maps in (("uid", uid_mappings), ("gid", gid_mappings)):
+        if not maps:
+            raise InvalidArgument(f"a new user namespace needs {kind} mappings")
+        if any(m.size <= 0 or m.container_id < 0 or m.host_id < 0 for m in maps):
+            raise InvalidArgument(f"bad {kind} mapping in {list(maps)}")
+        if not any(m.container_id == 0 for m in maps):
+            raise InvalidArgument(f"the {kind} mappings of a new user namespace must map id 0 (root)")
+
+
+async def _start_in_userns(
+    kinds: list[str], hostname: str | None, sysctls: Mapping[str, str], bring_lo_up: bool
+) -> asyncio.subprocess.Process:
+    """Start the shell that waits in the new namespaces until they are mapped and pinned.
+
+    ``--keep-caps`` lets it keep its capabilities in the new user namespace
+    across exec. It still has the host's root uid then, which
+    /proc/sys/kernel/hostname wants; IPC sysctls want the namespace's root
+    instead, so the rest of the script runs after ``setpriv`` made it that.
+    """
+    first = _pin_script(hostname, {}, False)
+    rest = _pin_script(None, sysctls, bring_lo_up)
+    inner = f"exec {SETPRIV} --reuid=0 --regid=0 --clear-groups -- {SHELL} -c {shlex.quote(rest)}"
+    # A closed stdin (the daemon died or gave up) ends it before it does anything.
+    wrapper = f"echo ready || exit 5; read go || exit 5\n{first}\n{inner}"
+    argv = [UNSHARE, *(_UNSHARE_FLAGS[k] for k in kinds), "--keep-caps", "--", SHELL, "-c", wrapper]
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _map_and_pin(
+    proc: asyncio.subprocess.Process,
+    paths: Mapping[str, str],
+    uid_mappings: Sequence[IDMap],
+    gid_mappings: Sequence[IDMap],
+    name: str,
+) -> None:
+    """Write the mappings of ``proc``'s new user namespace, pin its namespaces, let it go on."""
+    assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
+    line = await proc.stdout.readline()
+    if line.strip() != b"ready":
+        err = (await proc.stderr.read()).decode(errors="replace").strip()
+        await proc.wait()
+        raise InternalError(
+            f"creating the user namespace for {name} failed (exit {proc.returncode}): {err or 'no output'}"
+        )
+    pid = proc.pid
+    try:
+        _write_file(f"/proc/{pid}/uid_map", _map_text(uid_mappings))
+        _write_file(f"/proc/{pid}/gid_map", _map_text(gid_mappings))
+        for kind, path in paths.items():
+            mount.mount(f"/proc/{pid}/ns/{kind}", path, "", mount.MS_BIND)
+    except OSError as exc:
+        raise InternalError(f"mapping or pinning the user namespace for {name}: {exc}") from exc
+    try:
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # it is gone already: its exit status and stderr tell why
+    proc.stdin.close()
+
+
+def _map_text(mappings: Sequence[IDMap]) -> str:
+    return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in mappings)
+
+
+def _write_file(path: str, text: str) -> None:
+    # uid_map takes the whole text in one write(2).
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- unpinning

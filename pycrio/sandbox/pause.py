@@ -4,6 +4,11 @@ A PID namespace dies with its first process, so unlike the network or IPC
 namespace it cannot be kept alive by a bind mount alone. For such pods
 pycrio starts ``catatonit -P`` (a reaper that only waits) as PID 1 of a new
 PID namespace and pins that namespace to a file the containers join.
+
+In a pod with its own user namespace the PID namespace must belong to that
+user namespace (a container that joined it may only join namespaces it
+owns): ``nsenter --user=<pinned userns>`` runs the same ``unshare`` as the
+pod's root there.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pycrio import mount
 from pycrio.errors import Internal
 
 UNSHARE = "/usr/bin/unshare"
+NSENTER = "/usr/bin/nsenter"
 
 
 def _first_child(pid: int) -> int | None:
@@ -28,13 +34,19 @@ def _first_child(pid: int) -> int | None:
     return int(children[0]) if children else None
 
 
-async def start_pause(command: list[str], pin_path: Path, time_limit: float = 10.0) -> tuple[int, int]:
+async def start_pause(
+    command: list[str], pin_path: Path, time_limit: float = 10.0, *, userns: str | None = None
+) -> tuple[int, int]:
     """Start the pause process in a new PID namespace and pin the namespace.
 
-    Returns (pid of the unshare parent, pid of the pause process). Everything
-    started is killed again on failure.
+    ``userns`` is the pod's pinned user namespace, if it has one: the PID
+    namespace is created inside it. Returns (pid of the unshare parent, pid of
+    the pause process). Everything started is killed again on failure.
     """
+    # nsenter execs unshare in place, so the parent is "unshare" either way.
+    prefix = [NSENTER, f"--user={userns}", "--"] if userns else []
     proc = await asyncio.create_subprocess_exec(
+        *prefix,
         UNSHARE,
         "--pid",
         "--fork",

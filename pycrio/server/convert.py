@@ -7,6 +7,7 @@ from typing import Any
 
 from pycrio.api import api_pb2 as pb
 from pycrio.container.manager import Container
+from pycrio.sandbox import userns
 from pycrio.sandbox.manager import Pod
 from pycrio.state.records import CTR_CREATED, CTR_EXITED, CTR_RUNNING
 
@@ -37,11 +38,17 @@ def pod_summary(pod: Pod) -> pb.PodSandbox:
 def _namespace_options(pod: Pod) -> pb.NamespaceOption:
     rec = pod.record
     pid = {"host": pb.NODE, "container": pb.CONTAINER}.get(rec.pid_mode, pb.POD)
-    return pb.NamespaceOption(
+    opts = pb.NamespaceOption(
         network=pb.NODE if rec.host_network else pb.POD,
         ipc=pb.NODE if rec.host_ipc else pb.POD,
         pid=pid,
     )
+    # userns: echo the pod's mode and mappings when it asked for either.
+    asked = pod.config.linux.security_context.namespace_options
+    if asked.HasField("userns_options"):
+        pod_userns = userns.pod_userns(pod.config)
+        opts.userns_options.CopyFrom(pod_userns.to_proto() if pod_userns else pb.UserNamespace(mode=pb.NODE))
+    return opts
 
 
 def pod_status(pod: Pod) -> pb.PodSandboxStatus:
@@ -69,12 +76,17 @@ def pod_info(pod: Pod) -> dict[str, str]:
     info: dict[str, Any] = {
         "pid": rec.pause_pid,
         "runtimeHandler": rec.runtime_handler,
-        "namespaces": {"network": rec.netns, "ipc": rec.ipcns, "uts": rec.utsns, "pid": rec.pidns},
+        "namespaces": {
+            "network": rec.netns, "ipc": rec.ipcns, "uts": rec.utsns, "pid": rec.pidns, "user": rec.userns
+        },
         "hostname": rec.hostname,
         "cgroupParent": rec.cgroup_parent,
         "podDir": rec.dir,
         "ips": rec.ips,
     }
+    pod_userns = userns.pod_userns(pod.config)
+    if pod_userns is not None:
+        info["userNamespace"] = pod_userns.to_json()  # userns
     return {"info": json.dumps(info)}
 
 

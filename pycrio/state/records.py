@@ -98,6 +98,7 @@ class PodRecord:
     ipcns: str = ""
     utsns: str = ""
     pidns: str = ""
+    userns: str = ""  # the pod's own user namespace (pinned file), if it has one
     pause_pid: int = 0
     cgroup_parent: str = ""
     ips: list[str] = field(default_factory=list)
