@@ -7,9 +7,12 @@ pycrio has children asyncio never started, and they must be reaped too.
 
 :class:`ReapingChildWatcher` replaces asyncio's child watcher: on SIGCHLD
 it reaps every exited child with ``waitpid(-1)``. Exits of processes asyncio
-is waiting for go to their callbacks; exits of unknown pids are kept for a
-short while, because a process started by asyncio can exit before asyncio
-registers it, and its status must not be lost.
+is waiting for go to their callbacks; exits of unknown pids (orphans) are
+counted and forgotten. Their status must not be kept: pids are reused, and a
+stale status handed to a new child with the same pid is a wrong exit code.
+Nothing is lost by forgetting: asyncio registers a child in the same loop
+step that spawns it, and this watcher reaps only from the loop, so a child
+cannot be reaped before it is registered.
 """
 
 from __future__ import annotations
@@ -20,15 +23,12 @@ import logging
 import os
 import signal
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("pycrio.reaper")
 
 PR_SET_CHILD_SUBREAPER = 36
-_KEEP_UNCLAIMED = 4096
 
 
 def become_subreaper() -> bool:
@@ -51,8 +51,6 @@ class ReapingChildWatcher(asyncio.AbstractChildWatcher):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._callbacks: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
-        # pid -> (exit code, time) for exits nobody had claimed yet.
-        self._unclaimed: OrderedDict[int, tuple[int, float]] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.reaped_orphans = 0
 
@@ -70,12 +68,7 @@ class ReapingChildWatcher(asyncio.AbstractChildWatcher):
         self, pid: int, callback: Callable[..., Any], *args: Any
     ) -> None:
         with self._lock:
-            done = self._unclaimed.pop(pid, None)
-            if done is None:
-                self._callbacks[pid] = (callback, args)
-        if done is not None:
-            callback(pid, done[0], *args)
-            return
+            self._callbacks[pid] = (callback, args)
         # The child may already be a zombie (exited before we were told of it).
         self._reap_all()
 
@@ -134,9 +127,6 @@ class ReapingChildWatcher(asyncio.AbstractChildWatcher):
         with self._lock:
             entry = self._callbacks.pop(pid, None)
             if entry is None:
-                self._unclaimed[pid] = (code, time.monotonic())
-                while len(self._unclaimed) > _KEEP_UNCLAIMED:
-                    self._unclaimed.popitem(last=False)
                 self.reaped_orphans += 1
         if entry is not None:
             callback, args = entry

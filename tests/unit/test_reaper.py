@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from pycrio import reaper
 
 
@@ -84,3 +86,42 @@ def test_signal_numbers_map_like_asyncio() -> None:
         os._exit(1)
     _, status = os.waitpid(pid, 0)
     assert reaper._exit_code(status) == -signal.SIGTERM
+
+
+def test_a_reused_pid_never_gets_an_orphans_status() -> None:
+    """An orphan's exit status must not reach a later child that is given the same pid."""
+    code = """
+import asyncio, os
+from pycrio import reaper
+
+async def main():
+    w = reaper.install(asyncio.get_running_loop())
+    for attempt in range(20):
+        # A grandchild exits with 3 after its parent is gone: an orphan we reap.
+        p = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", "/bin/sh -c 'sleep 0.05; exit 3' & echo $!", stdout=asyncio.subprocess.PIPE)
+        orphan = int((await p.stdout.read()).strip())
+        await p.wait()
+        before = w.reaped_orphans
+        for _ in range(200):
+            if w.reaped_orphans > before:
+                break
+            await asyncio.sleep(0.01)
+        # Ask the kernel to hand the orphan's pid to the next child.
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(orphan - 1))
+        q = await asyncio.create_subprocess_exec("/bin/true")
+        rc = await q.wait()
+        if q.pid == orphan:
+            assert rc == 0, rc
+            print("ok")
+            return
+    print("pid never reused")
+
+asyncio.run(main())
+"""
+    proc = _run(code)
+    out = proc.stdout.strip()
+    if out == "pid never reused":
+        pytest.skip("other processes took the pid every time")
+    assert out == "ok", proc.stderr
