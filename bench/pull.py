@@ -28,7 +28,6 @@ import io
 import os
 import pstats
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.containerd import CONTAINERD, Containerd
 from pycrio.config import ImageConfig
 from pycrio.image.registry import RegistryClient
 from pycrio.image.service import ImageService
@@ -50,8 +50,6 @@ from tests.support.oci import Image
 from tests.support.regclient import push_image_sync
 from tests.support.registry import Registry, start_registry
 
-CONTAINERD = "/usr/bin/containerd"
-START_TIMEOUT = 30.0
 PULL_TIMEOUT = 600.0
 
 
@@ -115,112 +113,13 @@ async def pycrio_pull(workdir: Path, reg: Registry, ref: str, profile: cProfile.
 # -- containerd -----------------------------------------------------------------------
 
 
-def containerd_config(d: Path, reg: Registry) -> Path:
-    hosts = d / "certs.d" / reg.host
-    hosts.mkdir(parents=True)
-    (hosts / "hosts.toml").write_text(
-        f'server = "http://{reg.host}"\n\n[host."http://{reg.host}"]\n'
-        '  capabilities = ["pull", "resolve"]\n  skip_verify = true\n'
-    )
-    for sub in ("cni-bin", "cni-conf", "opt"):
-        (d / sub).mkdir()
-    cfg = d / "config.toml"
-    cfg.write_text(
-        f"""version = 2
-root = "{d / 'root'}"
-state = "{d / 'state'}"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
-                    "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
-
-[grpc]
-  address = "{d / 'containerd.sock'}"
-
-[ttrpc]
-  address = "{d / 'containerd.sock.ttrpc'}"
-
-[debug]
-  address = ""
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d / 'opt'}"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{d / 'cni-bin'}"
-    conf_dir = "{d / 'cni-conf'}"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{d / 'certs.d'}"
-"""
-    )
-    return cfg
-
-
-class Containerd:
-    """A private containerd on its own socket; stopped by pid."""
-
-    def __init__(self, workdir: Path, reg: Registry) -> None:
-        self.dir = fresh_dir(workdir, "ctrd-")
-        self.config = containerd_config(self.dir, reg)
-        self.socket = self.dir / "containerd.sock"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        import grpc
-
-        from pycrio.api import api_pb2, api_pb2_grpc
-
-        with (self.dir / "containerd.log").open("wb") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                CONTAINERD, "--config", str(self.config), stdout=log, stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.returncode is not None:
-                raise RuntimeError(f"containerd exited:\n{(self.dir / 'containerd.log').read_text()[-2000:]}")
-            if self.socket.exists():
-                async with grpc.aio.insecure_channel(f"unix://{self.socket}") as ch:
-                    stub = api_pb2_grpc.ImageServiceStub(ch)
-                    with contextlib.suppress(grpc.aio.AioRpcError):
-                        await stub.ListImages(api_pb2.ListImagesRequest(), timeout=2)
-                        return
-            await asyncio.sleep(0.05)
-        raise RuntimeError("containerd did not become ready")
-
-    async def pull(self, ref: str) -> float:
-        import grpc
-
-        from pycrio.api import api_pb2, api_pb2_grpc
-
-        async with grpc.aio.insecure_channel(f"unix://{self.socket}") as ch:
-            stub = api_pb2_grpc.ImageServiceStub(ch)
-            req = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref))
-            start = time.perf_counter()
-            await stub.PullImage(req, timeout=PULL_TIMEOUT)
-            return time.perf_counter() - start
-
-    async def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            os.kill(proc.pid, signal.SIGKILL)
-            await asyncio.wait_for(proc.wait(), 15)
-
-
 async def containerd_pull(workdir: Path, reg: Registry, ref: str) -> float:
     ctrd = Containerd(workdir, reg)
     try:
         await ctrd.start()
         return await ctrd.pull(ref)
     finally:
-        await ctrd.stop()
+        await ctrd.close()
 
 
 # -- main -----------------------------------------------------------------------------
