@@ -97,6 +97,7 @@ class ContainerManager:
         self.by_name: dict[str, str] = {}
         self.creations = Creations()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._process_specs: dict[str, dict[str, Any]] = {}
         self.dir = Path(cfg.runroot) / "containers"
         self.on_change: Callable[[Container, str], None] | None = None
         pods.containers = self
@@ -242,6 +243,7 @@ class ContainerManager:
         await self.undo.unwind(rec.journal, ctr.id, lambda: self.records.save_container(rec))
         self.records.delete_container(ctr.id)
         self.containers.pop(ctr.id, None)
+        self._process_specs.pop(ctr.id, None)
         if self.by_name.get(rec.name) == ctr.id:
             del self.by_name[rec.name]
         self._locks.pop(ctr.id, None)
@@ -364,10 +366,17 @@ class ContainerManager:
 
     # -- exec, resources, logs -------------------------------------------------------------
     def process_spec(self, ctr: Container) -> dict[str, Any]:
-        """The ``process`` of the container's config.json, the base for exec processes."""
-        spec = json.loads((Path(ctr.record.bundle) / "config.json").read_text())
-        process: dict[str, Any] = spec["process"]
-        return process
+        """The ``process`` of the container's config.json, the base for exec processes.
+
+        Read once per container and kept: the process part never changes after
+        create (UpdateContainerResources touches only ``linux.resources``).
+        Callers get a copy of the top level and replace keys, not nested values.
+        """
+        cached = self._process_specs.get(ctr.id)
+        if cached is None:
+            spec = json.loads((Path(ctr.record.bundle) / "config.json").read_text())
+            cached = self._process_specs[ctr.id] = spec["process"]
+        return dict(cached)
 
     def _require_running(self, container_id: str) -> Container:
         ctr = self.get(container_id)

@@ -65,7 +65,7 @@ class RuntimeStreams:
         process["args"] = list(cmd)
         process["terminal"] = tty
         if tty and not any(e.startswith("TERM=") for e in process.get("env", [])):
-            process.setdefault("env", []).append("TERM=xterm")
+            process["env"] = [*process.get("env", []), "TERM=xterm"]
         work = self.work_dir
         work.mkdir(mode=0o700, exist_ok=True)
         token = secrets.token_hex(8)
