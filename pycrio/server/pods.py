@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,7 +50,7 @@ class PodHandlers:
         self, request: pb.PodSandboxStatusRequest, context: Any
     ) -> pb.PodSandboxStatusResponse:
         pod = self.pods.get(request.pod_sandbox_id)
-        resp = pb.PodSandboxStatusResponse(status=convert.pod_status(pod), timestamp=_now_ns())
+        resp = pb.PodSandboxStatusResponse(status=convert.pod_status(pod), timestamp=time.time_ns())
         containers = self.core.containers.in_pod(pod.id)
         resp.containers_statuses.extend(convert.container_status(c) for c in containers)
         if request.verbose:
@@ -72,8 +73,11 @@ class PodHandlers:
         for page in pages(self._pods(flt)):
             yield pb.StreamPodSandboxesResponse(pod_sandboxes=page)
 
-
-def _now_ns() -> int:
-    import time
-
-    return time.time_ns()
+    async def UpdatePodSandboxResources(
+        self, request: pb.UpdatePodSandboxResourcesRequest, context: Any
+    ) -> pb.UpdatePodSandboxResourcesResponse:
+        # The kubelet resizes the pod cgroup itself and then tells the runtime,
+        # for runtimes that keep pod-level state about it (NRI). pycrio keeps
+        # none: it only checks that the pod exists.
+        self.pods.get(request.pod_sandbox_id)
+        return pb.UpdatePodSandboxResourcesResponse()

@@ -265,3 +265,22 @@ def test_crun_handler_runs_or_fails_clearly(e2e: E2E) -> None:
     else:
         assert e2e.sh(cid, "echo ok") == "ok\n"
     e2e.remove_pod(pod_id)
+
+
+def test_update_pod_sandbox_resources(e2e: E2E) -> None:
+    update = e2e.rt.UpdatePodSandboxResources
+    res = pb.LinuxContainerResources(cpu_shares=512, memory_limit_in_bytes=64 << 20)
+    unknown = pb.UpdatePodSandboxResourcesRequest(pod_sandbox_id=UNKNOWN)
+    assert _err(update, unknown) == grpc.StatusCode.NOT_FOUND
+    assert _err(update, pb.UpdatePodSandboxResourcesRequest()) == grpc.StatusCode.INVALID_ARGUMENT
+    pod_id = e2e.run_pod(e2e.pod_config())
+    update(pb.UpdatePodSandboxResourcesRequest(pod_sandbox_id=pod_id, resources=res), timeout=30)
+    assert e2e.pod_status(pod_id).status.state == pb.SANDBOX_READY
+    e2e.remove_pod(pod_id)
+
+
+def test_checkpoint_is_refused_clearly(e2e: E2E) -> None:
+    with pytest.raises(grpc.RpcError) as exc:
+        e2e.rt.CheckpointContainer(pb.CheckpointContainerRequest(container_id=UNKNOWN), timeout=30)
+    assert grpc_code(exc) == grpc.StatusCode.UNIMPLEMENTED
+    assert "CheckpointContainer" in (exc.value.details() or "")
