@@ -89,3 +89,93 @@ def _unescape(raw: bytes) -> str:
             out.append(text[i])
             i += 1
     return "".join(out)
+
+
+# -- the new mount API (fsopen/fsconfig/fsmount, open_tree, mount_setattr) ---------------
+# Syscall numbers are the same on x86_64 and aarch64.
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_FSOPEN = 430
+SYS_FSCONFIG = 431
+SYS_FSMOUNT = 432
+SYS_MOUNT_SETATTR = 442
+
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+FSOPEN_CLOEXEC = 1
+FSMOUNT_CLOEXEC = 1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_SET_FD = 5
+FSCONFIG_CMD_CREATE = 6
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_IDMAP = 0x100000
+
+_libc.syscall.restype = ctypes.c_long
+
+
+class MountAttr(ctypes.Structure):
+    """``struct mount_attr`` of mount_setattr(2)."""
+
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def syscall(number: int, *args: object, what: str) -> int:
+    """syscall(2) with integer arguments passed as longs; OSError on failure."""
+    cargs = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    ret = int(_libc.syscall(ctypes.c_long(number), *cargs))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def fs_log(fd: int) -> str:
+    """Messages the kernel left in a filesystem context (why an fsconfig failed)."""
+    msgs = []
+    for _ in range(16):
+        try:
+            data = os.read(fd, 1024)
+        except OSError:
+            break
+        if not data:
+            break
+        msgs.append(data.decode(errors="replace").strip())
+    return "; ".join(msgs)
+
+
+def fsconfig(fd: int, key: str, value: str | None) -> None:
+    """Set a string option (or a flag, with ``value`` None) on a filesystem context."""
+    kind = FSCONFIG_SET_STRING if value is not None else FSCONFIG_SET_FLAG
+    syscall(SYS_FSCONFIG, fd, kind, key.encode(), value.encode() if value is not None else None, 0,
+            what=f"fsconfig {key}")
+
+
+def fsconfig_fd(fd: int, key: str, value_fd: int) -> None:
+    syscall(SYS_FSCONFIG, fd, FSCONFIG_SET_FD, key.encode(), None, value_fd, what=f"fsconfig {key} (fd)")
+
+
+def fsconfig_create(fd: int, what: str) -> None:
+    """Create the superblock; the kernel's reasons are added to the error."""
+    try:
+        syscall(SYS_FSCONFIG, fd, FSCONFIG_CMD_CREATE, None, None, 0, what=f"fsconfig create {what}")
+    except OSError as exc:
+        detail = fs_log(fd)
+        raise OSError(exc.errno, f"{exc.strerror}{' (' + detail + ')' if detail else ''}") from None
+
+
+def fsmount(fd: int, readonly: bool) -> int:
+    return syscall(SYS_FSMOUNT, fd, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY if readonly else 0, what="fsmount")
+
+
+def move_mount(mount_fd: int, target: str | Path) -> None:
+    """Attach a detached mount at ``target``."""
+    syscall(SYS_MOVE_MOUNT, mount_fd, b"", AT_FDCWD, os.fsencode(target), MOVE_MOUNT_F_EMPTY_PATH,
+            what=f"move_mount to {target}")

@@ -33,62 +33,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pycrio import mount as sysmount
 from pycrio.errors import FailedPrecondition, Internal, NotFound
 from pycrio.oci.spec_types import IDMap
-from pycrio.storage.mount import is_mountpoint, unmount
+from pycrio.storage.mount import is_mountpoint, overlay_options, unmount
 
 log = logging.getLogger("pycrio.storage.idmap")
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-# Syscall numbers of the new mount API (the same on every architecture but alpha).
-_SYS_OPEN_TREE = 428
-_SYS_MOVE_MOUNT = 429
-_SYS_FSOPEN = 430
-_SYS_FSCONFIG = 431
-_SYS_FSMOUNT = 432
-_SYS_MOUNT_SETATTR = 442
-
-_AT_FDCWD = -100
-_AT_EMPTY_PATH = 0x1000
-_AT_RECURSIVE = 0x8000
-_OPEN_TREE_CLONE = 1
-_MOVE_MOUNT_F_EMPTY_PATH = 0x4
-_FSOPEN_CLOEXEC = 1
-_FSMOUNT_CLOEXEC = 1
-_FSCONFIG_SET_FLAG = 0
-_FSCONFIG_SET_STRING = 1
-_FSCONFIG_SET_FD = 5
-_FSCONFIG_CMD_CREATE = 6
-MOUNT_ATTR_RDONLY = 0x1
-MOUNT_ATTR_IDMAP = 0x100000
 
 UNSHARE = "unshare"
 SHELL = "/bin/sh"
 # The throwaway mapping of the probe (as critest's own check uses).
 _PROBE_MAP = "0 65536 65536\n"
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    ]
-
-
-def _sys(number: int, *args: object, what: str) -> int:
-    ret = int(_libc.syscall(ctypes.c_long(number), *args))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return ret
-
-
-def _c_int(value: int) -> ctypes.c_long:
-    return ctypes.c_long(value)
 
 
 # --------------------------------------------------------------------------- primitives
@@ -101,15 +56,16 @@ def open_userns(path: str | os.PathLike[str]) -> int:
 
 def idmapped_clone(path: str | os.PathLike[str], userns_fd: int, *, readonly: bool = False) -> int:
     """A detached, idmapped copy of the mount at ``path`` (not recursive); returns its fd."""
-    tree = _sys(
-        _SYS_OPEN_TREE, _c_int(_AT_FDCWD), os.fsencode(path), ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC),
+    tree = sysmount.syscall(
+        sysmount.SYS_OPEN_TREE, sysmount.AT_FDCWD, os.fsencode(path), sysmount.OPEN_TREE_CLONE | os.O_CLOEXEC,
         what=f"open_tree {path}",
     )
     try:
-        attr = _MountAttr(MOUNT_ATTR_IDMAP | (MOUNT_ATTR_RDONLY if readonly else 0), 0, 0, userns_fd)
-        _sys(
-            _SYS_MOUNT_SETATTR, _c_int(tree), b"", ctypes.c_uint(_AT_EMPTY_PATH), ctypes.byref(attr),
-            ctypes.c_size_t(ctypes.sizeof(attr)), what=f"mount_setattr idmap {path}",
+        flags = sysmount.MOUNT_ATTR_IDMAP | (sysmount.MOUNT_ATTR_RDONLY if readonly else 0)
+        attr = sysmount.MountAttr(flags, 0, 0, userns_fd)
+        sysmount.syscall(
+            sysmount.SYS_MOUNT_SETATTR, tree, b"", sysmount.AT_EMPTY_PATH, ctypes.byref(attr),
+            ctypes.sizeof(attr), what=f"mount_setattr idmap {path}",
         )
     except BaseException:
         os.close(tree)
@@ -119,10 +75,7 @@ def idmapped_clone(path: str | os.PathLike[str], userns_fd: int, *, readonly: bo
 
 def attach(mount_fd: int, target: str | os.PathLike[str]) -> None:
     """Attach a detached mount at ``target`` (move_mount)."""
-    _sys(
-        _SYS_MOVE_MOUNT, _c_int(mount_fd), b"", _c_int(_AT_FDCWD), os.fsencode(target),
-        ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH), what=f"move_mount to {target}",
-    )
+    sysmount.move_mount(mount_fd, os.fspath(target))
 
 
 def bind_idmapped(source: str | os.PathLike[str], target: str | os.PathLike[str], userns: str) -> None:
@@ -138,51 +91,26 @@ def bind_idmapped(source: str | os.PathLike[str], target: str | os.PathLike[str]
         os.close(ufd)
 
 
-def _fs_messages(fd: int) -> str:
-    msgs = []
-    for _ in range(16):
-        try:
-            data = os.read(fd, 1024)
-        except OSError:
-            break
-        if not data:
-            break
-        msgs.append(data.decode(errors="replace").strip())
-    return "; ".join(msgs)
-
-
-def _overlay_options() -> list[str]:
-    # Shared lower layers must not be tied to one upper by the index.
-    return ["index=off"] if os.path.exists("/sys/module/overlay/parameters/index") else []
-
-
 def overlay_from_fds(
     lower_fds: Sequence[int], upper: Path | None, work: Path | None, *, readonly: bool = False
 ) -> int:
     """A detached overlay mount over the (already idmapped) ``lower_fds``, top layer first."""
-    fs = _sys(_SYS_FSOPEN, b"overlay", ctypes.c_uint(_FSOPEN_CLOEXEC), what="fsopen overlay")
+    fs = sysmount.syscall(sysmount.SYS_FSOPEN, b"overlay", sysmount.FSOPEN_CLOEXEC, what="fsopen overlay")
     try:
         try:
             for fd in lower_fds:
-                _sys(_SYS_FSCONFIG, _c_int(fs), ctypes.c_uint(_FSCONFIG_SET_FD), b"lowerdir+", None,
-                     _c_int(fd), what="fsconfig lowerdir+ (fd)")
-            settings: list[tuple[str, str | None]] = []
+                sysmount.fsconfig_fd(fs, "lowerdir+", fd)
             if upper is not None and work is not None:
-                settings += [("upperdir", str(upper)), ("workdir", str(work))]
-            for opt in _overlay_options():
+                sysmount.fsconfig(fs, "upperdir", str(upper))
+                sysmount.fsconfig(fs, "workdir", str(work))
+            for opt in overlay_options():
                 key, _, text = opt.partition("=")
-                settings.append((key, text or None))
-            for key, value in settings:
-                kind = _FSCONFIG_SET_STRING if value is not None else _FSCONFIG_SET_FLAG
-                _sys(_SYS_FSCONFIG, _c_int(fs), ctypes.c_uint(kind), key.encode(),
-                     value.encode() if value is not None else None, _c_int(0), what=f"fsconfig {key}")
-            _sys(_SYS_FSCONFIG, _c_int(fs), ctypes.c_uint(_FSCONFIG_CMD_CREATE), None, None, _c_int(0),
-                 what="fsconfig create overlay")
+                sysmount.fsconfig(fs, key, text or None)
         except OSError as exc:
-            detail = _fs_messages(fs)
+            detail = sysmount.fs_log(fs)
             raise OSError(exc.errno, f"{exc.strerror}{' (' + detail + ')' if detail else ''}") from None
-        return _sys(_SYS_FSMOUNT, _c_int(fs), ctypes.c_uint(_FSMOUNT_CLOEXEC),
-                    ctypes.c_uint(MOUNT_ATTR_RDONLY if readonly else 0), what="fsmount overlay")
+        sysmount.fsconfig_create(fs, "overlay")
+        return sysmount.fsmount(fs, readonly)
     finally:
         os.close(fs)
 
@@ -402,7 +330,6 @@ async def mount_image_idmapped(
 
 
 __all__ = [
-    "MOUNT_ATTR_IDMAP",
     "IdmapProbe",
     "attach",
     "bind_idmapped",

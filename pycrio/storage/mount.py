@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import os
 import resource
@@ -25,32 +24,7 @@ from pathlib import Path
 from pycrio import mount as sysmount
 from pycrio.errors import Internal
 
-# mount(2) and umount2(2) come from pycrio.mount; this module adds overlay
-# option building and the new mount API, which it calls through syscall(2).
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
 PAGE_SIZE = resource.getpagesize()
-
-# New mount API (syscall numbers are the same on every architecture for these).
-_SYS_MOVE_MOUNT = 429
-_SYS_FSOPEN = 430
-_SYS_FSCONFIG = 431
-_SYS_FSMOUNT = 432
-_FSOPEN_CLOEXEC = 1
-_FSCONFIG_SET_STRING = 1
-_FSCONFIG_CMD_CREATE = 6
-_FSMOUNT_CLOEXEC = 1
-_MOUNT_ATTR_RDONLY = 1
-_MOVE_MOUNT_F_EMPTY_PATH = 4
-_AT_FDCWD = -100
-
-
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return ret
 
 
 def is_mountpoint(path: Path) -> bool:
@@ -81,28 +55,9 @@ def overlay_data(lowers: list[str], upper: str | None, work: str | None, extra: 
     return ",".join(parts + extra)
 
 
-def _extra_options() -> list[str]:
+def overlay_options() -> list[str]:
     # index=on would tie lower layers to one upper: shared layers need it off.
     return ["index=off"] if os.path.exists("/sys/module/overlay/parameters/index") else []
-
-
-def _fsconfig(fd: int, key: str, value: str | None) -> None:
-    _check(_libc.syscall(_SYS_FSCONFIG, fd, _FSCONFIG_SET_STRING, key.encode(),
-                         value.encode() if value is not None else None, 0), f"fsconfig {key}")
-
-
-def _fs_log(fd: int) -> str:
-    """Messages the kernel left in the filesystem context (why a mount failed)."""
-    msgs = []
-    for _ in range(16):
-        try:
-            data = os.read(fd, 1024)
-        except OSError:
-            break
-        if not data:
-            break
-        msgs.append(data.decode(errors="replace").strip())
-    return "; ".join(msgs)
 
 
 class NewMountAPIUnavailable(Exception):
@@ -113,7 +68,9 @@ def mount_overlay_new_api(target: Path, lowers: list[Path], upper: Path | None, 
                           readonly: bool, extra: list[str]) -> None:
     """Mount with fsopen/fsconfig("lowerdir+") (Linux 6.8+): no option-length limit."""
     try:
-        fs_fd = _check(_libc.syscall(_SYS_FSOPEN, b"overlay", _FSOPEN_CLOEXEC), "fsopen overlay")
+        fs_fd = sysmount.syscall(
+            sysmount.SYS_FSOPEN, b"overlay", sysmount.FSOPEN_CLOEXEC, what="fsopen overlay"
+        )
     except OSError as e:
         if e.errno in (errno.ENOSYS, errno.EPERM):
             raise NewMountAPIUnavailable(str(e))
@@ -121,29 +78,26 @@ def mount_overlay_new_api(target: Path, lowers: list[Path], upper: Path | None, 
     try:
         try:
             try:
-                _fsconfig(fs_fd, "lowerdir+", str(lowers[0]))
+                sysmount.fsconfig(fs_fd, "lowerdir+", str(lowers[0]))
             except OSError as e:
                 if e.errno == errno.EINVAL:
-                    raise NewMountAPIUnavailable(f"{e} ({_fs_log(fs_fd)})")
+                    raise NewMountAPIUnavailable(f"{e} ({sysmount.fs_log(fs_fd)})")
                 raise
             for lower in lowers[1:]:
-                _fsconfig(fs_fd, "lowerdir+", str(lower))
+                sysmount.fsconfig(fs_fd, "lowerdir+", str(lower))
             if upper is not None and work is not None:
-                _fsconfig(fs_fd, "upperdir", str(upper))
-                _fsconfig(fs_fd, "workdir", str(work))
+                sysmount.fsconfig(fs_fd, "upperdir", str(upper))
+                sysmount.fsconfig(fs_fd, "workdir", str(work))
             for opt in extra:
                 key, _, value = opt.partition("=")
-                _fsconfig(fs_fd, key, value or None)
-            _check(_libc.syscall(_SYS_FSCONFIG, fs_fd, _FSCONFIG_CMD_CREATE, None, None, 0),
-                   "fsconfig create")
+                sysmount.fsconfig(fs_fd, key, value or None)
         except OSError as e:
-            log = _fs_log(fs_fd)
+            log = sysmount.fs_log(fs_fd)
             raise OSError(e.errno, f"{e.strerror}{' (' + log + ')' if log else ''}")
-        mnt_fd = _check(_libc.syscall(_SYS_FSMOUNT, fs_fd, _FSMOUNT_CLOEXEC,
-                                      _MOUNT_ATTR_RDONLY if readonly else 0), "fsmount")
+        sysmount.fsconfig_create(fs_fd, "overlay")
+        mnt_fd = sysmount.fsmount(fs_fd, readonly)
         try:
-            _check(_libc.syscall(_SYS_MOVE_MOUNT, mnt_fd, b"", _AT_FDCWD, str(target).encode(),
-                                 _MOVE_MOUNT_F_EMPTY_PATH), f"move_mount to {target}")
+            sysmount.move_mount(mnt_fd, target)
         finally:
             os.close(mnt_fd)
     finally:
@@ -202,7 +156,7 @@ async def mount_overlay(target: Path, link_dir: Path, names: list[str], upper: P
         # An image without layers, or a read-only mount of one layer (overlay needs two lowers).
         lowers.append(empty_dir)
         names.append(os.path.relpath(empty_dir, link_dir))
-    extra = _extra_options()
+    extra = overlay_options()
     flags = sysmount.MS_RDONLY if readonly else 0
     data = overlay_data([str(p) for p in lowers], str(upper) if upper else None,
                         str(work) if work else None, extra)
