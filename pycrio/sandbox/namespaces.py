@@ -23,9 +23,6 @@ Layout: ``<ns_dir>/<kind>ns/<name>`` (``userns``, ``netns``, ``ipcns``, ``utsns`
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
-import errno
 import fcntl
 import logging
 import os
@@ -63,7 +60,6 @@ _CLONE_FLAGS = {
 # _IO(0xb7, 0x3): asks an nsfs file descriptor which kind of namespace it is.
 _NS_GET_NSTYPE = 0xB703
 
-_MNT_DETACH = 2
 _HOST_NAME_MAX = 64
 # Exit status the pin script uses for a value the kernel refused.
 _SCRIPT_VALUE_ERROR = 3
@@ -380,34 +376,12 @@ def _write_file(path: str, text: str) -> None:
 # --------------------------------------------------------------------------- unpinning
 
 
-def _libc() -> ctypes.CDLL:
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    return _LIBC
-
-
-_LIBC: ctypes.CDLL | None = None
-
-
-def _unmount_all(path: str) -> None:
-    """Lazily unmount everything stacked on ``path``; a path not mounted is fine."""
-    umount2 = _libc().umount2
-    for _ in range(8):  # a file is rarely mounted over more than once
-        if umount2(os.fsencode(path), _MNT_DETACH) == 0:
-            continue
-        err = ctypes.get_errno()
-        if err in (errno.EINVAL, errno.ENOENT):
-            return
-        raise OSError(err, os.strerror(err), path)
-
-
 def unpin_sync(paths: Iterable[str]) -> None:
     """Unmount and remove namespace files; idempotent. Raises the first failure."""
     first: BaseException | None = None
     for path in paths:
         try:
-            _unmount_all(path)
+            mount.umount_all(path, limit=8)
             os.unlink(path)
         except FileNotFoundError:
             pass
