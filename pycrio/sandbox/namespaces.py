@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pycrio import mount
 from pycrio.errors import AlreadyExists, InvalidArgument
 from pycrio.errors import Internal as InternalError
+from pycrio.oci.spec_namespaces import sysctl_namespace
 from pycrio.oci.spec_types import IDMap
 
 log = logging.getLogger(__name__)
@@ -64,22 +65,6 @@ _HOST_NAME_MAX = 64
 # Exit status the pin script uses for a value the kernel refused.
 _SCRIPT_VALUE_ERROR = 3
 
-# Sysctls the kernel keeps per IPC namespace (as runc and the kubelet list them).
-_IPC_SYSCTLS = frozenset(
-    {
-        "kernel.msgmax",
-        "kernel.msgmnb",
-        "kernel.msgmni",
-        "kernel.sem",
-        "kernel.shmall",
-        "kernel.shmmax",
-        "kernel.shmmni",
-        "kernel.shm_rmid_forced",
-    }
-)
-_IPC_PREFIXES = ("fs.mqueue.",)
-_NET_PREFIXES = ("net.",)
-_UTS_SYSCTLS = frozenset({"kernel.domainname"})
 _COMPONENT = re.compile(r"^[A-Za-z0-9_\-.:@+]+$")
 
 
@@ -110,17 +95,6 @@ class PinnedNamespaces:
 
 
 # --------------------------------------------------------------------------- sysctls
-
-
-def sysctl_namespace(name: str) -> str | None:
-    """The namespace kind a (dotted) sysctl belongs to, or None if it is not namespaced."""
-    if name in _IPC_SYSCTLS or name.startswith(_IPC_PREFIXES):
-        return "ipc"
-    if name.startswith(_NET_PREFIXES):
-        return "net"
-    if name in _UTS_SYSCTLS:
-        return "uts"
-    return None
 
 
 def _split_sysctl(name: str) -> tuple[str, list[str]]:
