@@ -35,6 +35,7 @@ from pycrio.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, I
 from pycrio.oci import cgroups, ctl, monitor, procs
 from pycrio.oci import runc as runc_cli
 from pycrio.oci.conmon import CreateArgs, SyncPipe, child_env, clean_runtime_message, create_argv
+from pycrio.oci.execdirect import DirectExecSync
 from pycrio.oci.execsync import ExecResult, ExecSync, ExecTimeout, remove_stale
 from pycrio.oci.exits import ExitInfo, ExitWatcher
 from pycrio.oci.runc import (
@@ -444,6 +445,18 @@ class OCIRuntime:
         pid = self.container_pid(cid)
         if pid is None:
             raise ContainerNotRunning(f"container {cid} is not running")
+        if not tty:
+            # Without a terminal conmon adds nothing: run the runtime directly.
+            return await DirectExecSync(
+                cid=cid,
+                handler=handler,
+                work_root=self.exec_root,
+                cmd=cmd,
+                base_spec=process_spec_base,
+                timeout=timeout,
+                systemd=self._systemd(rec),
+                container_pidns=procs.pid_namespace(pid),
+            ).run()
         return await ExecSync(
             conmon=self.conmon,
             cid=cid,
