@@ -1,5 +1,8 @@
 """ExecSync through ``conmon --exec``, the way CRI-O runs it, with a stricter timeout.
 
+Used for commands with a terminal (conmon holds the pty); commands without one
+run the OCI runtime directly (:mod:`pycrio.oci.execdirect`).
+
 conmon runs ``<runtime> exec --pid-file P --process process.json --detach``,
 captures the command's output into a temporary CRI-format log and reports the
 exit code on the sync pipe.
