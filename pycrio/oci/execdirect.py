@@ -20,16 +20,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
-import shutil
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pycrio.oci import procs
 from pycrio.oci.conmon import EXEC_SYNC_MAX_OUTPUT, clean_runtime_message
-from pycrio.oci.execsync import KILL_ROUNDS, REAP_TIMEOUT, ExecResult, ExecTimeout, process_spec
+from pycrio.oci.execsync import (
+    REAP_TIMEOUT,
+    ExecResult,
+    ExecTimeout,
+    exec_work_dir,
+    kill_exec_tree,
+    process_spec,
+)
 from pycrio.oci.runc import OCIRuntimeError, RuntimeHandlerSpec, base_argv
 
 # The runtime's exit status when it could not start the command at all.
@@ -66,13 +70,8 @@ class DirectExecSync:
     container_pidns: int | None = None
 
     async def run(self) -> ExecResult:
-        self.work_root.mkdir(parents=True, exist_ok=True)
-        work = self.work_root / f"{self.cid[:16]}-{secrets.token_hex(6)}"
-        work.mkdir(mode=0o700)
-        try:
+        async with exec_work_dir(self.work_root, self.cid) as work:
             return await self._run(work)
-        finally:
-            await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, True))
 
     async def _run(self, work: Path) -> ExecResult:
         spec_path = work / "process.json"
@@ -128,25 +127,8 @@ class DirectExecSync:
             return False
         return True
 
-    def _kill_tree(self, pidfile: Path, runtime_pid: int) -> list[procs.ProcStat]:
-        """SIGKILL the command, its descendants and its session, not the runtime itself."""
-        try:
-            pid: int | None = int(pidfile.read_text().strip())
-        except (OSError, ValueError):
-            pid = None
-        victims: dict[int, procs.ProcStat] = {}
-        for _ in range(KILL_ROUNDS):
-            found = procs.family([runtime_pid], pid if self.container_pidns else None, self.container_pidns)
-            fresh = [p for p in found if p.pid not in victims and not p.zombie]
-            if not fresh:
-                break
-            for p in fresh:
-                procs.kill(p.pid, signal.SIGKILL, p.start_time)
-                victims[p.pid] = p
-        return list(victims.values())
-
     async def _kill_and_reap(self, proc: asyncio.subprocess.Process, pidfile: Path) -> None:
-        killed = self._kill_tree(pidfile, proc.pid)
+        killed = kill_exec_tree(pidfile, proc.pid, self.container_pidns)
         # The runtime reaps the command (its child) and exits; if it does not, kill it too.
         try:
             await asyncio.wait_for(proc.wait(), REAP_TIMEOUT)

@@ -28,6 +28,7 @@ import os
 import secrets
 import shutil
 import signal
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,50 @@ def read_output(path: Path) -> tuple[bytes, bytes]:
     return split_streams(data)
 
 
+@contextlib.asynccontextmanager
+async def exec_work_dir(work_root: Path, cid: str) -> AsyncIterator[Path]:
+    """A private directory for one exec (its process.json, pid file, log), removed after."""
+    work_root.mkdir(parents=True, exist_ok=True)
+    work = work_root / f"{cid[:16]}-{secrets.token_hex(6)}"
+    work.mkdir(mode=0o700)
+    try:
+        yield work
+    finally:
+        # Off the event loop: removing the work dir is a handful of syscalls
+        # that showed up in profiles of busy daemons.
+        await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, True))
+
+
+def read_pid_file(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 else None
+
+
+def kill_exec_tree(pidfile: Path, root_pid: int, container_pidns: int | None) -> list[procs.ProcStat]:
+    """SIGKILL everything of an exec except ``root_pid`` itself (conmon or the runtime).
+
+    That is every descendant of the root (the runtime, the exec process and its
+    children, found by ancestry even before the runtime wrote the pid file) and
+    every member of the exec's session or process group in the container's pid
+    namespace (children that left the process tree). Rescans catch processes
+    forked while the tree was being killed.
+    """
+    pid = read_pid_file(pidfile)
+    victims: dict[int, procs.ProcStat] = {}
+    for _ in range(KILL_ROUNDS):
+        found = procs.family([root_pid], pid if container_pidns else None, container_pidns)
+        fresh = [p for p in found if p.pid not in victims and not p.zombie]
+        if not fresh:
+            break
+        for p in fresh:
+            procs.kill(p.pid, signal.SIGKILL, p.start_time)
+            victims[p.pid] = p
+    return list(victims.values())
+
+
 @dataclass
 class ExecSync:
     """One ExecSync call; :meth:`run` does it and cleans up after itself."""
@@ -114,15 +159,8 @@ class ExecSync:
     async def run(self) -> ExecResult:
         if not self.cmd:
             raise ValueError("exec command is empty")
-        self.work_root.mkdir(parents=True, exist_ok=True)
-        work = self.work_root / f"{self.cid[:16]}-{secrets.token_hex(6)}"
-        work.mkdir(mode=0o700)
-        try:
+        async with exec_work_dir(self.work_root, self.cid) as work:
             return await self._run(work)
-        finally:
-            # Off the event loop: removing the work dir is a handful of syscalls
-            # that showed up in profiles of busy daemons.
-            await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, True))
 
     async def _run(self, work: Path) -> ExecResult:
         spec_path = work / "process.json"
@@ -218,32 +256,8 @@ class ExecSync:
             )
         return ExecResult(code, stdout, stderr)
 
-    def _exec_pid(self, pidfile: Path) -> int | None:
-        try:
-            pid = int(pidfile.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if pid > 0 else None
-
     def _kill_tree(self, pidfile: Path, conmon_pid: int) -> list[procs.ProcStat]:
-        """SIGKILL everything of the exec except conmon itself.
-
-        That is every descendant of conmon (runc, the exec process and its
-        children, found by ancestry even before runc wrote the pid file) and
-        every member of the exec's session or process group in the
-        container's pid namespace (children that left the process tree).
-        """
-        pid = self._exec_pid(pidfile)
-        victims: dict[int, procs.ProcStat] = {}
-        for _ in range(KILL_ROUNDS):
-            found = procs.family([conmon_pid], pid if self.container_pidns else None, self.container_pidns)
-            fresh = [p for p in found if p.pid not in victims and not p.zombie]
-            if not fresh:
-                break
-            for p in fresh:
-                procs.kill(p.pid, signal.SIGKILL, p.start_time)
-                victims[p.pid] = p
-        return list(victims.values())
+        return kill_exec_tree(pidfile, conmon_pid, self.container_pidns)
 
     async def _kill_all(
         self, proc: asyncio.subprocess.Process, pidfile: Path, killed: list[procs.ProcStat]
@@ -264,7 +278,7 @@ class ExecSync:
         the daemon (also a subreaper) and its reaper collects it. Other killed
         processes belong to the container's init by now: wait for death only.
         """
-        pid = self._exec_pid(pidfile)
+        pid = read_pid_file(pidfile)
         # A last sweep: anything left in the session (conmon's -T kills only the group).
         if pid is not None and self.container_pidns is not None:
             seen = {p.pid for p in killed}
