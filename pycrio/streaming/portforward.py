@@ -22,7 +22,7 @@ import os
 
 from pycrio.streaming.backend import PortForwardBackend
 from pycrio.streaming.remotecommand import decode_channel_message, send_channel
-from pycrio.streaming.spdyconn import SpdyConnection, SpdyStream, StreamResetError
+from pycrio.streaming.spdyconn import SpdyStream, StreamResetError, accept_streams
 from pycrio.streaming.transport import ByteTransport, InputBuffer, SessionLimits, idle_watchdog
 from pycrio.streaming.wsconn import WebSocketConnection
 
@@ -142,22 +142,7 @@ async def _forward_spdy_pair(pair: _Pair, pod_id: str, backend: PortForwardBacke
 async def serve_spdy(
     transport: ByteTransport, pod_id: str, backend: PortForwardBackend, limits: SessionLimits
 ) -> None:
-    queue: asyncio.Queue[SpdyStream | None] = asyncio.Queue()
-    conn = SpdyConnection(
-        transport,
-        client=False,
-        on_stream=queue.put_nowait,
-        idle_timeout=limits.idle_timeout,
-        receive_window=limits.spdy_receive_window,
-        session_window=limits.spdy_session_window,
-    )
-
-    async def read_loop() -> None:
-        try:
-            await conn.run()
-        finally:
-            queue.put_nowait(None)
-
+    conn, queue, reader = accept_streams(transport, limits)
     pairs: dict[str, _Pair] = {}
 
     async def watch_pair(pair: _Pair) -> None:
@@ -174,7 +159,6 @@ async def serve_spdy(
         finally:
             pairs.pop(pair.request_id, None)
 
-    reader = asyncio.create_task(read_loop())
     try:
         async with asyncio.TaskGroup() as tg:
             while (st := await queue.get()) is not None:

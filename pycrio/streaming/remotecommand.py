@@ -25,7 +25,7 @@ from typing import Any
 
 from pycrio.streaming import status as kstatus
 from pycrio.streaming.backend import StreamIO, TerminalSize
-from pycrio.streaming.spdyconn import SpdyConnection, SpdyStream
+from pycrio.streaming.spdyconn import SpdyStream, accept_streams
 from pycrio.streaming.transport import ByteTransport, InputBuffer, SessionLimits, idle_watchdog
 from pycrio.streaming.wsconn import WebSocketConnection
 
@@ -198,23 +198,7 @@ async def serve_spdy(
 ) -> None:
     opts = opts.normalized()
     version = protocol_version(protocol)
-    queue: asyncio.Queue[SpdyStream | None] = asyncio.Queue()
-    conn = SpdyConnection(
-        transport,
-        client=False,
-        on_stream=queue.put_nowait,
-        idle_timeout=limits.idle_timeout,
-        receive_window=limits.spdy_receive_window,
-        session_window=limits.spdy_session_window,
-    )
-
-    async def read_loop() -> None:
-        try:
-            await conn.run()
-        finally:
-            queue.put_nowait(None)
-
-    reader = asyncio.create_task(read_loop())
+    conn, queue, reader = accept_streams(transport, limits)
     resize_task: asyncio.Task[None] | None = None
     try:
         expected = 1 + opts.stdin + opts.stdout + opts.stderr + (opts.tty and version >= 3)

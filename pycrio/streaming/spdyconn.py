@@ -19,7 +19,7 @@ from typing import Any
 
 from pycrio.streaming import spdy_session as ss
 from pycrio.streaming.spdy import DEFAULT_WINDOW, GoAwayStatus, Headers, RstStatus, SpdyError
-from pycrio.streaming.transport import Buffer, ByteTransport
+from pycrio.streaming.transport import Buffer, ByteTransport, SessionLimits
 
 log = logging.getLogger(__name__)
 
@@ -392,3 +392,31 @@ class SpdyConnection:
     def abort(self) -> None:
         self.transport.close()
         self._mark_closed()
+
+
+def accept_streams(
+    transport: ByteTransport, limits: SessionLimits
+) -> tuple[SpdyConnection, asyncio.Queue[SpdyStream | None], asyncio.Task[None]]:
+    """Serve a SPDY connection whose peer opens the streams.
+
+    Returns the connection, a queue that receives each stream the client
+    opens (and None once the connection is over), and the task reading the
+    connection; the caller cancels that task when it is done.
+    """
+    queue: asyncio.Queue[SpdyStream | None] = asyncio.Queue()
+    conn = SpdyConnection(
+        transport,
+        client=False,
+        on_stream=queue.put_nowait,
+        idle_timeout=limits.idle_timeout,
+        receive_window=limits.spdy_receive_window,
+        session_window=limits.spdy_session_window,
+    )
+
+    async def read_loop() -> None:
+        try:
+            await conn.run()
+        finally:
+            queue.put_nowait(None)
+
+    return conn, queue, asyncio.get_running_loop().create_task(read_loop())
