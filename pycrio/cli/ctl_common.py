@@ -393,6 +393,27 @@ def output_documents(docs: list[dict[str, Any]], fmt: str) -> None:
         print_json(data, sort_keys=True, go_escapes=True)
 
 
+def inspect_each(
+    ids: list[str],
+    fetch: Callable[[str], Any],
+    document: Callable[[Any], dict[str, Any]],
+    print_table: Callable[[Any], None],
+    fmt: str,
+) -> int:
+    """The body of ``inspect``/``inspectp``: a status per id, as a table or as documents."""
+    if not ids:
+        raise CtlError("no IDs provided or nothing found per filter")
+    docs = []
+    for obj_id in ids:
+        resp = fetch(obj_id)
+        if fmt == "table":
+            print_table(resp)
+        else:
+            docs.append(document(resp))
+    output_documents(docs, fmt)
+    return 0
+
+
 def print_labels(title: str, values: dict[str, str]) -> None:
     if values:
         print(f"{title}:")

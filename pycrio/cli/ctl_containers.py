@@ -28,11 +28,11 @@ from pycrio.cli.ctl_common import (
     duration_arg,
     go_map,
     image_id_of,
+    inspect_each,
     load_container_config,
     load_pod_config,
     matches,
     message_dict,
-    output_documents,
     output_message,
     parse_labels,
     print_labels,
@@ -456,18 +456,14 @@ def container_status_dict(st: pb.ContainerStatus) -> dict[str, Any]:
 @command
 def inspect(client: Client, args: argparse.Namespace) -> int:
     ids = list(args.ids) or [c.id for c in list_containers(client, args, list_options(args))]
-    if not ids:
-        raise CtlError("no IDs provided or nothing found per filter")
     verbose = not args.quiet
-    docs = []
-    for cid in ids:
-        resp = container_status(client, args, cid, verbose)
-        if args.output == "table":
-            _print_container_status(resp, verbose)
-        else:
-            docs.append(status_document(container_status_dict(resp.status), dict(resp.info)))
-    output_documents(docs, args.output)
-    return 0
+    return inspect_each(
+        ids,
+        lambda cid: container_status(client, args, cid, verbose),
+        lambda resp: status_document(container_status_dict(resp.status), dict(resp.info)),
+        lambda resp: _print_container_status(resp, verbose),
+        args.output,
+    )
 
 
 def _print_container_status(resp: pb.ContainerStatusResponse, verbose: bool) -> None:

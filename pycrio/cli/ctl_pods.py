@@ -19,10 +19,10 @@ from pycrio.cli.ctl_common import (
     duration_arg,
     go_map,
     go_time,
+    inspect_each,
     load_pod_config,
     matches,
     message_dict,
-    output_documents,
     output_message,
     parse_labels,
     print_labels,
@@ -250,18 +250,14 @@ def pod_status_dict(status: pb.PodSandboxStatus) -> dict[str, Any]:
 @command
 def inspectp(client: Client, args: argparse.Namespace) -> int:
     ids = list(args.ids) or [p.id for p in list_pods(client, args)]
-    if not ids:
-        raise CtlError("no IDs provided or nothing found per filter")
     verbose = not args.quiet
-    docs = []
-    for pod_id in ids:
-        resp = pod_status(client, args, pod_id, verbose)
-        if args.output == "table":
-            _print_pod_status(resp, verbose)
-        else:
-            docs.append(status_document(pod_status_dict(resp.status), dict(resp.info)))
-    output_documents(docs, args.output)
-    return 0
+    return inspect_each(
+        ids,
+        lambda pod_id: pod_status(client, args, pod_id, verbose),
+        lambda resp: status_document(pod_status_dict(resp.status), dict(resp.info)),
+        lambda resp: _print_pod_status(resp, verbose),
+        args.output,
+    )
 
 
 def _print_pod_status(resp: pb.PodSandboxStatusResponse, verbose: bool) -> None:
