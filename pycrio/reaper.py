@@ -23,7 +23,9 @@ import logging
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("pycrio.reaper")
@@ -51,8 +53,47 @@ class ReapingChildWatcher(asyncio.AbstractChildWatcher):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._callbacks: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+        # Orphans somebody waits for, named by the pid file their starter writes.
+        self._claims: dict[str, asyncio.Future[int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.reaped_orphans = 0
+
+    # -- orphans with an owner ---------------------------------------------
+    def claim(self, pidfile: Path) -> asyncio.Future[int]:
+        """A future for the exit code of the orphan whose pid ``pidfile`` will name.
+
+        For a process started detached by a helper that exits (``runc exec
+        --detach``): it is re-parented to this subreaper, and its status must
+        reach the caller instead of being dropped as an orphan's. The helper
+        writes the pid file before it exits, so before the process can be
+        re-parented and reaped here; a pid reused by anyone else cannot match
+        while the file names a process that is still ours. Call before starting
+        the helper; :meth:`release` when done.
+        """
+        assert self._loop is not None, "the watcher is not attached to a loop"
+        fut: asyncio.Future[int] = self._loop.create_future()
+        with self._lock:
+            self._claims[str(pidfile)] = fut
+        return fut
+
+    def release(self, pidfile: Path) -> None:
+        with self._lock:
+            self._claims.pop(str(pidfile), None)
+
+    def _claimed(self, pid: int, code: int) -> bool:
+        with self._lock:
+            claims = list(self._claims.items())
+        for path, fut in claims:
+            try:
+                owner = int(Path(path).read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if owner == pid:
+                self.release(Path(path))
+                if not fut.done():
+                    fut.set_result(code)
+                return True
+        return False
 
     # -- AbstractChildWatcher ---------------------------------------------
     def attach_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
@@ -126,11 +167,12 @@ class ReapingChildWatcher(asyncio.AbstractChildWatcher):
     def _dispatch(self, pid: int, code: int) -> None:
         with self._lock:
             entry = self._callbacks.pop(pid, None)
-            if entry is None:
-                self.reaped_orphans += 1
         if entry is not None:
             callback, args = entry
             callback(pid, code, *args)
+            return
+        if not self._claimed(pid, code):
+            self.reaped_orphans += 1
 
 
 def _code_known_to(args: tuple[Any, ...]) -> int:
@@ -138,6 +180,17 @@ def _code_known_to(args: tuple[Any, ...]) -> int:
     popen = getattr(args[0], "_proc", None) if args else None
     code = getattr(popen, "returncode", None)
     return code if isinstance(code, int) else 255
+
+
+def current() -> ReapingChildWatcher | None:
+    """The daemon's watcher when it is installed (pycrio's daemon always installs it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            watcher = asyncio.get_child_watcher()
+        except Exception:
+            return None
+    return watcher if isinstance(watcher, ReapingChildWatcher) and watcher.is_active() else None
 
 
 def install(loop: asyncio.AbstractEventLoop) -> ReapingChildWatcher:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pycrio import reaper
 from pycrio.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument
 from pycrio.oci import cgroups, ctl, monitor, procs
 from pycrio.oci import runc as runc_cli
@@ -445,8 +446,10 @@ class OCIRuntime:
         pid = self.container_pid(cid)
         if pid is None:
             raise ContainerNotRunning(f"container {cid} is not running")
-        if not tty:
-            # Without a terminal conmon adds nothing: run the runtime directly.
+        watcher = reaper.current()
+        if not tty and watcher is not None:
+            # Without a terminal conmon adds nothing when the daemon reaps the
+            # detached command itself: run the runtime directly.
             return await DirectExecSync(
                 cid=cid,
                 handler=handler,
@@ -454,6 +457,7 @@ class OCIRuntime:
                 cmd=cmd,
                 base_spec=process_spec_base,
                 timeout=timeout,
+                watcher=watcher,
                 systemd=self._systemd(rec),
                 container_pidns=procs.pid_namespace(pid),
             ).run()

@@ -125,3 +125,30 @@ asyncio.run(main())
     if out == "pid never reused":
         pytest.skip("other processes took the pid every time")
     assert out == "ok", proc.stderr
+
+
+def test_claimed_orphan_status_reaches_its_owner() -> None:
+    """A detached process named by a pid file: its exit code goes to the claim, not the orphan count."""
+    code = """
+import asyncio, os, tempfile
+from pathlib import Path
+from pycrio import reaper
+
+async def main():
+    w = reaper.install(asyncio.get_running_loop())
+    assert reaper.current() is w
+    pidfile = Path(tempfile.mkdtemp()) / "pid"
+    fut = w.claim(pidfile)
+    # The helper writes the pid file, then exits, leaving its child to us.
+    p = await asyncio.create_subprocess_exec(
+        "/bin/sh", "-c", f"(sleep 0.1; exit 7) & echo $! > {pidfile}; exit 0")
+    assert await p.wait() == 0
+    assert await asyncio.wait_for(fut, 10) == 7
+    assert w.reaped_orphans == 0
+    w.release(pidfile)
+    print("ok")
+
+asyncio.run(main())
+"""
+    proc = _run(code)
+    assert proc.stdout.strip() == "ok", proc.stderr
