@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from pycrio.api import api_pb2 as pb
+from pycrio.oci.crilog import split_streams
 from tests.e2e.conftest import E2E, grpc_code, needs_host, parallel
 from tests.support import images as img
 from tests.support.regclient import PushedImage, push_pushed
@@ -258,7 +259,9 @@ def test_no_new_privs(e2e: E2E, pod: tuple[str, pb.PodSandboxConfig], extra_imag
         )
         cid = e2e.run(pod[0], pod[1], cfg)
         e2e.wait_exited(cid)
-        return e2e.log_path(pod[1], cfg).read_text()
+        # The program writes its line in two pieces: rebuild the stream from the CRI log.
+        stdout, _ = split_streams(e2e.log_path(pod[1], cfg).read_bytes())
+        return stdout.decode()
 
     assert "Effective uid: 1000" in run(True)
     assert "Effective uid: 0" in run(False)
