@@ -13,8 +13,9 @@ import pytest
 
 from tests.support.daemon import PycrioDaemon
 
-# Registries and test images (session-scoped where they are expensive).
-pytest_plugins = ["tests.support.fixtures"]
+# Registries and test images (session-scoped where they are expensive), and the
+# metadata store / layer store fixtures of the storage tests.
+pytest_plugins = ["tests.support.fixtures", "tests.unit.test_storage_support"]
 
 
 @pytest.fixture

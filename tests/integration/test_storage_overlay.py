@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +23,6 @@ pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts need root"),
 ]
-
-
-@pytest.fixture
-def meta(tmp_path: Path) -> Iterator[MetadataStore]:
-    store = MetadataStore(tmp_path / "meta.db")
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 class Env:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -13,20 +11,6 @@ from pycrio.state.store import MetadataStore
 from pycrio.storage.images import ImageRecord, ImageStore
 from pycrio.storage.layers import LayerStore
 from tests.unit.test_storage_support import digest, file, tar_bytes, unpack
-
-
-@pytest.fixture
-def meta(tmp_path: Path) -> Iterator[MetadataStore]:
-    store = MetadataStore(tmp_path / "meta.db")
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def layers(tmp_path: Path, meta: MetadataStore) -> LayerStore:
-    return LayerStore(tmp_path / "storage", meta)
 
 
 @pytest.fixture

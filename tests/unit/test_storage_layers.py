@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,20 +18,6 @@ from pycrio.state.store import MetadataStore
 from pycrio.storage.common import LayerError, chain_id_of
 from pycrio.storage.layers import LayerStore, chain_ids
 from tests.unit.test_storage_support import MEDIA, compress, digest, file, symlink, tar_bytes, unpack
-
-
-@pytest.fixture
-def meta(tmp_path: Path) -> Iterator[MetadataStore]:
-    store = MetadataStore(tmp_path / "meta.db")
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def layers(tmp_path: Path, meta: MetadataStore) -> LayerStore:
-    return LayerStore(tmp_path / "storage", meta)
 
 
 def layer_dirs(store: LayerStore) -> list[str]:

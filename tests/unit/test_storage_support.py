@@ -8,10 +8,13 @@ import hashlib
 import io
 import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import zstandard
 
+from pycrio.state.store import MetadataStore
 from pycrio.storage.layers import LayerInfo, LayerStore
 
 MTIME = 1_600_000_000
@@ -136,3 +139,18 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
     st = os.lstat(root)
     out["."] = (st.st_mode, 0, st.st_mtime_ns, b"")
     return out
+
+
+# Fixtures shared by the storage tests (import them by name into a test module).
+@pytest.fixture
+def meta(tmp_path: Path) -> Iterator[MetadataStore]:
+    store = MetadataStore(tmp_path / "meta.db")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def layers(tmp_path: Path, meta: MetadataStore) -> LayerStore:
+    return LayerStore(tmp_path / "storage", meta)

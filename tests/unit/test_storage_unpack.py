@@ -8,7 +8,6 @@ import os
 import stat
 import struct
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,20 +35,6 @@ from tests.unit.test_storage_support import (
 # vfs_cap_data revision 2, effective, permitted = CAP_NET_RAW (13)
 CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mknod, chown, trusted xattrs)")
-
-
-@pytest.fixture
-def meta(tmp_path: Path) -> Iterator[MetadataStore]:
-    store = MetadataStore(tmp_path / "meta.db")
-    try:
-        yield store
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def layers(tmp_path: Path, meta: MetadataStore) -> LayerStore:
-    return LayerStore(tmp_path / "storage", meta)
 
 
 @pytest.fixture
