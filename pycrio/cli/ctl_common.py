@@ -393,6 +393,34 @@ def output_documents(docs: list[dict[str, Any]], fmt: str) -> None:
         print_json(data, sort_keys=True, go_escapes=True)
 
 
+def removal_targets(
+    args: argparse.Namespace, list_all: Callable[[], list[str]], kind: str, placeholder: str
+) -> list[str]:
+    """The ids ``rm``/``rmp`` work on: those given, or all with ``--all`` (an error when neither)."""
+    if not args.all:
+        if not args.ids:
+            raise CtlError(f"no {kind} given ({placeholder}... or --all)")
+        return list(args.ids)
+    with doing(f"listing {kind}s"):
+        ids = list_all()
+    if not ids:
+        print(f"No {kind}s to remove")
+    return ids
+
+
+def for_each_id(verb: str, ids: list[str], action: Callable[[str], None]) -> int:
+    """Run ``action`` on every id; report the failures at the end (exit code 1 if any)."""
+    errors = []
+    for obj_id in ids:
+        try:
+            action(obj_id)
+        except CtlError as exc:
+            errors.append(str(exc))
+    for message in errors:
+        print(f"pycrioctl: {verb}: {message}", file=sys.stderr)
+    return 1 if errors else 0
+
+
 def inspect_each(
     ids: list[str],
     fetch: Callable[[str], Any],

@@ -26,6 +26,7 @@ from pycrio.cli.ctl_common import (
     deadline,
     doing,
     duration_arg,
+    for_each_id,
     go_map,
     image_id_of,
     inspect_each,
@@ -36,6 +37,7 @@ from pycrio.cli.ctl_common import (
     output_message,
     parse_labels,
     print_labels,
+    removal_targets,
     rfc3339nano,
     status_document,
     table,
@@ -292,36 +294,25 @@ def _remove_logs(path: str) -> None:
 
 @command
 def rm(client: Client, args: argparse.Namespace) -> int:
-    ids = list(args.ids)
-    if args.all:
-        with doing("listing containers"):
-            resp = client.runtime.ListContainers(pb.ListContainersRequest(), timeout=deadline(args))
-            ids = [c.id for c in resp.containers]
-        if not ids:
-            print("No containers to remove")
-            return 0
-    elif not ids:
-        raise CtlError("no container given (CONTAINER-ID... or --all)")
-    errors = []
-    for cid in ids:
-        try:
-            status = container_status(client, args, cid).status
-            if status.state == pb.CONTAINER_RUNNING:
-                if not args.force:
-                    raise CtlError(f"container {cid!r} is running, please stop it first")
-                stop_container(client, args, cid, 0)
-            with doing(f"removing container {cid!r}"):
-                client.runtime.RemoveContainer(
-                    pb.RemoveContainerRequest(container_id=cid), timeout=deadline(args, args.timeout)
-                )
-            print(cid)
-            if not args.keep_logs and status.log_path:
-                _remove_logs(status.log_path)
-        except CtlError as exc:
-            errors.append(str(exc))
-    for message in errors:
-        print(f"pycrioctl: rm: {message}", file=sys.stderr)
-    return 1 if errors else 0
+    def list_all() -> list[str]:
+        resp = client.runtime.ListContainers(pb.ListContainersRequest(), timeout=deadline(args))
+        return [c.id for c in resp.containers]
+
+    def remove(cid: str) -> None:
+        status = container_status(client, args, cid).status
+        if status.state == pb.CONTAINER_RUNNING:
+            if not args.force:
+                raise CtlError(f"container {cid!r} is running, please stop it first")
+            stop_container(client, args, cid, 0)
+        with doing(f"removing container {cid!r}"):
+            client.runtime.RemoveContainer(
+                pb.RemoveContainerRequest(container_id=cid), timeout=deadline(args, args.timeout)
+            )
+        print(cid)
+        if not args.keep_logs and status.log_path:
+            _remove_logs(status.log_path)
+
+    return for_each_id("rm", removal_targets(args, list_all, "container", "CONTAINER-ID"), remove)
 
 
 @command

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from pycrio.api import api_pb2 as pb
@@ -17,6 +16,7 @@ from pycrio.cli.ctl_common import (
     deadline,
     doing,
     duration_arg,
+    for_each_id,
     go_map,
     go_time,
     inspect_each,
@@ -26,6 +26,7 @@ from pycrio.cli.ctl_common import (
     output_message,
     parse_labels,
     print_labels,
+    removal_targets,
     rfc3339nano,
     status_document,
     table,
@@ -138,30 +139,19 @@ def stopp(client: Client, args: argparse.Namespace) -> int:
 
 @command
 def rmp(client: Client, args: argparse.Namespace) -> int:
-    ids = list(args.ids)
-    if args.all:
-        with doing("listing pod sandboxes"):
-            resp = client.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=deadline(args))
-            ids = [p.id for p in resp.items]
-        if not ids:
-            print("No pods to remove")
-            return 0
-    elif not ids:
-        raise CtlError("no pod given (POD-ID... or --all)")
-    errors = []
-    for pod_id in ids:
-        try:
-            status = pod_status(client, args, pod_id)
-            if status.status.state == pb.SANDBOX_READY:
-                if not args.force:
-                    raise CtlError(f"pod sandbox {pod_id!r} is running, please stop it first")
-                stop_pod(client, args, pod_id)
-            remove_pod(client, args, pod_id)
-        except CtlError as exc:
-            errors.append(str(exc))
-    for message in errors:
-        print(f"pycrioctl: rmp: {message}", file=sys.stderr)
-    return 1 if errors else 0
+    def list_all() -> list[str]:
+        resp = client.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=deadline(args))
+        return [p.id for p in resp.items]
+
+    def remove(pod_id: str) -> None:
+        status = pod_status(client, args, pod_id)
+        if status.status.state == pb.SANDBOX_READY:
+            if not args.force:
+                raise CtlError(f"pod sandbox {pod_id!r} is running, please stop it first")
+            stop_pod(client, args, pod_id)
+        remove_pod(client, args, pod_id)
+
+    return for_each_id("rmp", removal_targets(args, list_all, "pod", "POD-ID"), remove)
 
 
 # ---------------------------------------------------------------- listing and status
