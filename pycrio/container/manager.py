@@ -142,9 +142,6 @@ class ContainerManager:
             lock = self._locks[container_id] = asyncio.Lock()
         return lock
 
-    def image_in_use(self, image_id: str) -> list[str]:
-        return [c.id for c in self.containers.values() if c.record.image_id == image_id]
-
     # -- CreateContainer ------------------------------------------------------------
     async def create(
         self, pod_id: str, cfg: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig | None

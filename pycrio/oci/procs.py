@@ -229,8 +229,3 @@ async def wait_gone(pid: int, started: int | None, limit: float) -> bool:
             return False
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.05)
-
-
-def close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)

@@ -57,10 +57,6 @@ class SpdyStream:
         values = self.headers.get(name.lower())
         return values[0] if values else ""
 
-    @property
-    def at_eof(self) -> bool:
-        return not self._chunks and (self._eof or self.reset_status is not None or self.conn.closed.is_set())
-
     # -------------------------------------------------------- server side
 
     def accept(self, headers: Headers | None = None) -> None:

@@ -64,20 +64,6 @@ class StreamTransport:
             await self.writer.wait_closed()
 
 
-async def linger_close(transport: ByteTransport, linger: float = 2.0) -> None:
-    """Half-close, drain what the peer still sends (so unread data does not turn our FIN into
-    an RST that destroys output in flight), then close."""
-    transport.write_eof()
-    with contextlib.suppress(TimeoutError, ConnectionError, OSError):
-        async with asyncio.timeout(linger):
-            while await transport.read(65536):
-                pass
-    transport.close()
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(linger):
-            await transport.wait_closed()
-
-
 async def idle_watchdog(
     last_activity: Callable[[], float], idle_timeout: float, on_idle: Callable[[], None]
 ) -> None:
